@@ -1,0 +1,7 @@
+"""`python -m suite` is the `suite` command."""
+
+import sys
+
+from suite.cli import main
+
+sys.exit(main())

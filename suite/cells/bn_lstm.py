@@ -1,0 +1,43 @@
+"""`bn_lstm`: the recurrent batch-normalized LSTM of Cooijmans et al. (2016), Eq. 6-8.
+
+BN on W_x x_t and on W_h h_{t-1} separately (gamma only: the bias b stands in for beta),
+and on c_t for the output path only, with statistics per time step 1..T_max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from suite.cells import register
+from suite.cells.norms import StepBatchNorm
+from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+
+
+@dataclass(frozen=True)
+class BNOptions(LSTMOptions):
+    """Paper defaults: gamma 0.1 (Section 4), eps 1e-5, running-average momentum 0.1."""
+
+    gamma_init: float = 0.1
+    eps: float = 1e-5
+    momentum: float = 0.1
+    t_max: int = 1000
+
+
+def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) -> StepBatchNorm:
+    """A StepBatchNorm configured from a variant's options."""
+    return StepBatchNorm(size, options.t_max, options.gamma_init, options.eps, options.momentum, bias, per_step)
+
+
+@register("bn_lstm", BNOptions, "BN on W_x x, W_h h and c_t, per-step statistics (Cooijmans et al. 2016)")
+def build_bn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
+                  options: BNOptions) -> nn.Module:
+    """A stack of BN-LSTM layers."""
+    def layer(size: int) -> LSTMLayer:
+        return LSTMLayer(size, hidden_size, options,
+                         norm_x=step_bn(4 * hidden_size, options, bias=False),
+                         norm_h=step_bn(4 * hidden_size, options, bias=False),
+                         norm_c=step_bn(hidden_size, options, bias=True))
+
+    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer)

@@ -1,0 +1,16 @@
+"""`lstm`: the plain LSTM (Hochreiter & Schmidhuber 1997) in the suite's own time loop."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from suite.cells import register
+from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+
+
+@register("lstm", LSTMOptions, "plain LSTM, own time loop (baseline)")
+def build_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
+               options: LSTMOptions) -> nn.Module:
+    """A stack of un-normalized LSTM layers."""
+    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
+                     lambda size: LSTMLayer(size, hidden_size, options))

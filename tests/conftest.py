@@ -1,0 +1,25 @@
+"""Shared test settings: benchmarks are collected only with --benchmark-only; paths to shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Keep tests/bench out of the default run; `pytest tests/bench --benchmark-only` runs it."""
+    if "bench" in collection_path.parts and not config.getoption("benchmark_only", default=False):
+        return True
+    return None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip when this machine does not have it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    return SHARED_DATA
