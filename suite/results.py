@@ -70,7 +70,34 @@ SUMMARY = _schema([
     pa.field("env_json", pa.string()),
 ], "summary")
 
-TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY}
+# Evaluations on sequences of other lengths than the training length (paper Figure 3b).
+LENGTHS = _schema([
+    pa.field("checkpoint", pa.string()),  # "best" or "last"
+    pa.field("split", pa.string()),
+    pa.field("length", pa.int64()),
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("stats_mode", pa.string()),
+], "lengths")
+
+# Throughput of one variant at one shape (written by `suite bench`); study/trial_id name the bench run.
+THROUGHPUT = _schema([
+    pa.field("shape", pa.string()),  # e.g. "smnist" (T=784, B=100, F=1, H=100)
+    pa.field("steps", pa.int64()),
+    pa.field("batch", pa.int64()),
+    pa.field("input_size", pa.int64()),
+    pa.field("hidden_size", pa.int64()),
+    pa.field("direction", pa.string()),  # "fwd+bwd" or "fwd"
+    pa.field("device", pa.string()),
+    pa.field("seconds_median", pa.float64()),
+    pa.field("seconds_min", pa.float64()),
+    pa.field("rounds", pa.int64()),
+    pa.field("ratio_to_cudnn", pa.float64()),
+    pa.field("peak_memory_bytes", pa.int64()),
+    pa.field("env_json", pa.string()),
+], "throughput")
+
+TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "throughput": THROUGHPUT}
 
 
 def environment() -> dict[str, Any]:
