@@ -143,9 +143,13 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def fit(task, config: RunConfig, on_report: Callable[[Report], None] | None = None,
+def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | None = None,
         resume: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run; returns its curve rows and summary. `resume` is a checkpoint from a Report."""
+    """Train one run; returns its curve rows and summary. `resume` is a checkpoint from a Report.
+
+    An `on_report` that returns True stops training there (early stopping); the run still ends
+    with its summary and test metrics.
+    """
     train = config.train
     device = pick_device(train.device)
     seed_everything(train.seed)
@@ -195,8 +199,8 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], None] | None = No
                      best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
         say(f"step {s['step']}/{train.steps} train loss {rows[0]['loss']:.4f} valid {task.metric} {valid:.4f} "
             f"(best {s['best'] if s['best'] is not None else float('nan'):.4f}) {s['train_seconds']:.1f}s")
-        if on_report:
-            on_report(Report(s["step"], train.steps, rows, checkpoint))
+        if on_report and on_report(Report(s["step"], train.steps, rows, checkpoint)):
+            break
     return RunResult(status, curve, _summarize(model, task, config, device, s, status, stats_mode, started))
 
 
