@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 # How a StepBatchNorm normalizes and whether it updates its population statistics.
 TRAIN = "train"  # batch statistics, running averages updated
@@ -51,11 +50,15 @@ class LayerNorm(nn.Module):
 
     def sequence(self, x: torch.Tensor, mask: torch.Tensor | None, t0: int = 0) -> torch.Tensor:
         """Normalize every position of a (T, B, C) tensor."""
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return self.step(x, t0, mask)
 
     def step(self, x: torch.Tensor, t: int, mask_t: torch.Tensor | None) -> torch.Tensor:
         """Normalize one (B, C) step."""
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        # Two-pass mean and variance: F.layer_norm's backward measured several times slower here.
+        mean = x.mean(-1, keepdim=True)
+        centered = x - mean
+        out = centered * torch.rsqrt(centered.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        return out + self.bias if self.bias is not None else out
 
 
 class StepBatchNorm(nn.Module):
