@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("suite.commands.train", "train one run of a task with a variant"),
     "variants": ("suite.commands.listing", "list the registered variants"),
     "tasks": ("suite.commands.listing", "list the registered tasks"),
+    "data": ("suite.commands.data", "prepare task data (download, verify, cache) or show its status"),
 }
 
 

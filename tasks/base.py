@@ -53,6 +53,14 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class DataStatus:
+    """What `suite data status` shows for a task: whether it can train now, and one line saying why."""
+
+    ready: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class Score:
     """Sums over a batch: loss (nats), metric numerator, and the count both are divided by."""
 
@@ -105,8 +113,8 @@ class Task:
 
     def __init__(self, options: Any, data_dir: Path | None = None, data_path: Path | None = None):
         self.options = options
-        self.data_dir = data_dir
-        self.data_path = data_path
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.data_path = Path(data_path) if data_path is not None else None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any], where: str) -> Any:
@@ -115,6 +123,16 @@ class Task:
 
     def prepare(self) -> None:
         """Make the data available (locate, verify, cache); idempotent. Default: nothing to do."""
+
+    def fetch(self, fetch: Any = None) -> None:
+        """Download missing source files (`suite data prepare`; `fetch(url, dest)` is injectable).
+
+        Never called by training: `prepare` only locates files, so a run never touches the network.
+        """
+
+    def data_status(self) -> DataStatus:
+        """Whether the data is present and cached, for `suite data status`."""
+        return DataStatus(True, "no files needed")
 
     def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass over `split`; deterministic given (seed, epoch)."""
@@ -144,7 +162,12 @@ class Task:
 _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN = {
     "adding": "tasks.synthetic:AddingTask",
+    "copy": "tasks.synthetic:CopyTask",
     "smnist": "tasks.mnist:SequentialMNIST",
+    "pmnist": "tasks.mnist:PermutedMNIST",
+    "sfmnist": "tasks.mnist:SequentialFashionMNIST",
+    "ptb_char": "tasks.ptb_char:PTBChar",
+    "text8": "tasks.text8:Text8",
 }
 
 

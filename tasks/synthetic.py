@@ -1,4 +1,9 @@
-"""Synthetic long-range problems that need no files: the adding problem (Hochreiter & Schmidhuber 1997)."""
+"""Synthetic long-range problems that need no files, any length, seeded.
+
+`adding`: the adding problem (Hochreiter & Schmidhuber 1997). `copy`: the copy-memory problem
+(Hochreiter & Schmidhuber 1997; in the form of Arjovsky et al. 2016): remember a few symbols
+over a long blank stretch and reproduce them after a marker.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from suite.errors import ConfigError
-from tasks.base import Batch, Score, Task, register
+from tasks.base import Batch, PerStepHead, Score, Task, register
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,84 @@ def make_adding(size: int, length: int, seed: int) -> tuple[torch.Tensor, torch.
     markers[rows, second] = 1.0
     targets = values[rows, first] + values[rows, second]
     return torch.stack([values, markers], dim=-1), targets
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """length: blank steps between the symbols and the marker; symbols to copy; alphabet size."""
+
+    length: int = 100
+    symbols: int = 10
+    alphabet: int = 8
+    train_size: int = 10_000
+    eval_size: int = 1_000
+    data_seed: int = 1234
+
+
+@register
+class CopyTask(Task):
+    """Input: `symbols` random symbols, `length - 1` blanks, a marker, `symbols` blanks; the target is
+    blank everywhere except the last `symbols` steps, which must reproduce the symbols. Scored on
+    those steps: accuracy, and a loss per recalled symbol (guessing costs log(alphabet))."""
+
+    name = "copy"
+    description = "copy-memory problem: recall symbols after a long delay (synthetic, any length)"
+    metric = "accuracy"
+    mode = "max"
+    Options = CopyOptions
+    # Common settings for this problem (Arjovsky et al. 2016); the paper does not run it.
+    defaults = {"model": {"hidden_size": 128}, "optim": {"name": "rmsprop", "lr": 1e-3, "clip": 1.0},
+                "train": {"batch_size": 50, "steps": 2000, "eval_every": 100}}
+
+    def __init__(self, options: CopyOptions, data_dir=None, data_path=None):
+        super().__init__(options, data_dir, data_path)
+        if options.length < 1 or options.symbols < 1 or options.alphabet < 1:
+            raise ConfigError(f"copy: length, symbols and alphabet must be >= 1, got {options}")
+        # Tokens: 0 blank, 1..alphabet symbols, alphabet + 1 the marker (one-hot encoded by the model).
+        self.vocab_size = self.input_size = options.alphabet + 2
+        self.output_size = options.alphabet + 1
+        self.seq_len = options.length + 2 * options.symbols
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._splits:
+            size = self.options.train_size if split == "train" else self.options.eval_size
+            offset = {"train": 0, "valid": 1, "test": 2}[split]
+            o = self.options
+            self._splits[split] = make_copy(size, o.length, o.symbols, o.alphabet, o.data_seed * 3 + offset)
+        return self._splits[split]
+
+    def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
+        """Shuffled batches for train, in order for valid and test; tokens (T, B), targets (T, B)."""
+        inputs, targets = self._split(split)
+        order = torch.arange(len(targets))
+        if split == "train":
+            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield Batch(inputs[idx].t(), targets[idx].t())
+
+    def head(self, hidden_size: int) -> PerStepHead:
+        """A prediction at every step."""
+        return PerStepHead(hidden_size, self.output_size)
+
+    def score(self, logits: torch.Tensor, batch: Batch) -> Score:
+        """Accuracy and summed cross-entropy over the recall steps only."""
+        recall = slice(logits.shape[0] - self.options.symbols, None)
+        flat = logits[recall].reshape(-1, logits.shape[-1])
+        targets = batch.targets[recall].reshape(-1)
+        loss = F.cross_entropy(flat, targets, reduction="sum")
+        return Score(float(loss), float((flat.argmax(-1) == targets).sum()), float(targets.numel()))
+
+
+def make_copy(size: int, length: int, symbols: int, alphabet: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` copy-problem examples: input tokens and targets, each (size, length + 2 * symbols)."""
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.randint(1, alphabet + 1, (size, symbols), generator=gen)
+    steps = length + 2 * symbols
+    inputs = torch.zeros(size, steps, dtype=torch.long)
+    inputs[:, :symbols] = data
+    inputs[:, symbols + length - 1] = alphabet + 1  # the marker: "recall now"
+    targets = torch.zeros(size, steps, dtype=torch.long)
+    targets[:, steps - symbols:] = data
+    return inputs, targets
