@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 0
+    eval_lengths: tuple[int, ...] = ()  # test-set evaluations at these lengths after training (LM tasks)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
             return dict(value)
     elif origin in (tuple, list):
         if isinstance(value, list | tuple):
-            return tuple(value)
+            item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+            return tuple(check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     else:
         return value
     name = getattr(hint, "__name__", str(hint))
@@ -266,6 +268,7 @@ def _check_ranges(config: RunConfig, source: str) -> None:
         (config.train.eval_every >= 1, "train.eval_every must be >= 1"),
         (config.train.eval_stats in EVAL_STATS, f"train.eval_stats must be one of {', '.join(EVAL_STATS)}"),
         (config.train.reestimate_batches >= 1, "train.reestimate_batches must be >= 1"),
+        (all(n >= 1 for n in config.train.eval_lengths), "train.eval_lengths must all be >= 1"),
         (config.train.device == "auto" or config.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
          "train.device must be auto, cpu, cuda or cuda:N"),
     ]

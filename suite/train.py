@@ -23,6 +23,7 @@ import torch
 
 from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.config import OptimConfig, RunConfig, TrainConfig
+from suite.errors import ConfigError
 from suite.model import SequenceModel
 
 # Training-data stream used for re-estimating statistics, apart from the training stream itself.
@@ -41,11 +42,12 @@ class Report:
 
 @dataclass
 class RunResult:
-    """Outcome of `fit`: status, every curve row produced in this call, and the summary."""
+    """Outcome of `fit`: status, every curve row produced in this call, the summary, length evaluations."""
 
     status: str
     curve: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    lengths: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pick_device(name: str) -> torch.device:
@@ -94,17 +96,26 @@ def _batches(task, split: str, batch_size: int, seed: int, device, epoch: int = 
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task, split: str, train: TrainConfig, device) -> tuple[float, float]:
-    """Exact (metric, mean loss) over a whole split, statistics taken as `train.eval_stats` says."""
+def evaluate(model: SequenceModel, task, split: str, train: TrainConfig, device,
+             length: int | None = None) -> tuple[float, float]:
+    """Exact (metric, mean loss) over a whole split, statistics taken as `train.eval_stats` says.
+
+    With `length`, the split is cut into independent segments of that length (the task's
+    `length_loader`), for the paper's evaluation beyond the training length (Figure 3b).
+    """
     if train.eval_stats == "reestimate" and batch_norms(model):
         refresh_statistics(model, task, train, device)
     model.eval()
     mode = statistics_mode(model, BATCH) if train.eval_stats == "batch" else contextlib.nullcontext()
+    batch_size = train.eval_batch_size or train.batch_size
+    carry = task.carry_state and length is None
+    source = task.loader(split, batch_size, 0) if length is None else task.length_loader(split, length, batch_size)
     loss_sum = metric_sum = count = 0.0
     state, offset = None, 0
     with mode:
-        for batch in _batches(task, split, train.eval_batch_size or train.batch_size, 0, device):
-            logits, state = model(batch, state, offset) if task.carry_state else model(batch)
+        for batch in source:
+            batch = batch.to(device)
+            logits, state = model(batch, state, offset) if carry else model(batch)
             offset += batch.inputs.shape[0]
             score = task.score(logits, batch)
             loss_sum, metric_sum, count = loss_sum + score.loss_sum, metric_sum + score.metric_sum, count + score.count
@@ -154,6 +165,9 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     device = pick_device(train.device)
     seed_everything(train.seed)
     task.prepare()
+    if train.eval_lengths and not hasattr(task, "length_loader"):
+        raise ConfigError(f"train.eval_lengths: task {task.name} cannot cut its data into other lengths; "
+                          f"leave eval_lengths empty")
     model = SequenceModel(task, config.model).to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
     s = {"step": 0, "epoch": 0, "batch_index": 0, "best": None, "best_step": None, "best_state": None,
@@ -201,7 +215,9 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
             f"(best {s['best'] if s['best'] is not None else float('nan'):.4f}) {s['train_seconds']:.1f}s")
         if on_report and on_report(Report(s["step"], train.steps, rows, checkpoint)):
             break
-    return RunResult(status, curve, _summarize(model, task, config, device, s, status, stats_mode, started))
+    lengths: list[dict[str, Any]] = []
+    summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths)
+    return RunResult(status, curve, summary, lengths)
 
 
 def _evaluate_interval(model, task, config: RunConfig, device, s: dict, stats_mode: str,
@@ -220,8 +236,8 @@ def _evaluate_interval(model, task, config: RunConfig, device, s: dict, stats_mo
 
 
 def _summarize(model, task, config: RunConfig, device, s: dict, status: str, stats_mode: str,
-               started: float) -> dict[str, Any]:
-    """Test metric at the last and at the best validation step, and the run's cost figures."""
+               started: float, lengths: list[dict[str, Any]]) -> dict[str, Any]:
+    """Test metric at the last and at the best validation step (and at other lengths), and cost figures."""
     nan = float("nan")
     test_at_last = nan
     if status == "finished":
@@ -230,6 +246,10 @@ def _summarize(model, task, config: RunConfig, device, s: dict, status: str, sta
     if s["best_state"] is not None:
         model.load_state_dict(s["best_state"])
         test_at_best = evaluate(model, task, "test", config.train, device)[0]
+        lengths.extend({"checkpoint": "best", "split": "test", "length": length, "metric": task.metric,
+                        "value": evaluate(model, task, "test", config.train, device, length)[0],
+                        "stats_mode": stats_mode}
+                       for length in config.train.eval_lengths)
     return {
         "status": status, "metric": task.metric, "mode": task.mode, "stats_mode": stats_mode,
         "best_step": s["best_step"], "best_valid": s["best"] if s["best"] is not None else nan,

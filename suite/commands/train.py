@@ -47,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
     trial_id = f"{config.task.name}-{config.model.variant}-s{config.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     keys = {"study": "train", "trial_id": trial_id, "task": config.task.name,
             "variant": config.model.variant, "seed": config.train.seed}
-    write_run(args.results, keys, result.curve, result.summary, config.to_dict() | {"task_facts": task.describe()})
+    write_run(args.results, keys, result.curve, result.summary, config.to_dict() | {"task_facts": task.describe()},
+              result.lengths)
     s = result.summary
     print(f"{result.status}: best valid {s['metric']} {s['best_valid']:.4f} at step {s['best_step']}, "
           f"test {s['test_at_best']:.4f} (at best) / {s['test_at_last']:.4f} (last); "
