@@ -82,8 +82,9 @@ def stream_batches(tokens: np.ndarray, streams: int, length: int) -> Iterator[Ba
         valid = np.clip(sizes - lo, 0, steps)
         pos = np.minimum(starts[:, None] + lo + np.arange(steps), n_targets - 1)
         mask = np.arange(steps) < valid[:, None]
-        inputs = np.where(mask, tokens[pos], 0).astype(np.int64)
-        targets = np.where(mask, tokens[pos + 1], IGNORE).astype(np.int64)
+        # int64 before np.where: with uint8 tokens, -100 would wrap around to 156.
+        inputs = np.where(mask, tokens[pos].astype(np.int64), 0)
+        targets = np.where(mask, tokens[pos + 1].astype(np.int64), IGNORE)
         lengths = None if bool(mask.all()) else torch.from_numpy(valid.astype(np.int64))
         yield Batch(torch.from_numpy(inputs.T.copy()), torch.from_numpy(targets.T.copy()), lengths)
 

@@ -29,8 +29,8 @@ ARCHIVE = Remote("simple-examples.tgz", ("http://www.fit.vutbr.cz/~imikolov/rnnl
 # Known md5s of the extracted files (the training split's is not published with the suite).
 KNOWN = {"ptb.char.valid.txt": Remote("ptb.char.valid.txt", (), md5="9e0fe5bec2a8bf43fd686dc23d5ab8bb"),
          "ptb.char.test.txt": Remote("ptb.char.test.txt", (), md5="1f9a2d1afe00f76e8bfbe09a65439681")}
-TABLE = lookup_table(ALPHABET)
-SPACE = ord(" ")
+SKIP = 254  # spaces separate symbols; they are dropped after the check, so error offsets are file offsets
+TABLE = lookup_table(ALPHABET, {ord(" "): SKIP})
 
 
 def read_ptb(path: Path) -> np.ndarray:
@@ -39,7 +39,8 @@ def read_ptb(path: Path) -> np.ndarray:
         raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    ids = encode(raw[raw != SPACE], TABLE, str(path))
+    ids = encode(raw, TABLE, str(path))
+    ids = ids[ids != SKIP]
     if len(ids) < 2:
         raise DataError(f"{path}: holds fewer than two symbols; not a PTB character file")
     return ids
