@@ -101,7 +101,7 @@ class Recurrent(nn.Module):
     """A stack of layers called like torch.nn.LSTM, plus `lengths` and `time_offset`."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, batch_first: bool,
-                 dropout: float, make_layer: Callable[[int], nn.Module]):
+                 dropout: float, make_layer: Callable[[int], nn.Module], bidirectional: bool = False):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -109,23 +109,53 @@ class Recurrent(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout = batch_first, dropout
-        self.layers = nn.ModuleList(make_layer(input_size if i == 0 else hidden_size) for i in range(num_layers))
+        self.num_directions = 2 if bidirectional else 1
+        # torch.nn.LSTM's order: layer 0 forward, layer 0 reverse, layer 1 forward, ...
+        self.layers = nn.ModuleList(
+            make_layer(input_size if i < self.num_directions else self.num_directions * hidden_size)
+            for i in range(num_layers * self.num_directions))
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None,
                 lengths: torch.Tensor | None = None, time_offset: int = 0):
-        """Return output (T, B, H) (or batch-first) and (h_n, c_n), each (num_layers, B, H)."""
+        """Return output (T, B, D*H) (or batch-first) and (h_n, c_n), each (num_layers*D, B, H)."""
         x = input.transpose(0, 1) if self.batch_first else input
-        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.num_layers)
+        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size,
+                            self.num_layers * self.num_directions)
+        reverse = reversal_index(mask, x.shape[0], x.shape[1], x.device) if self.num_directions == 2 else None
         h_n, c_n = [], []
-        for index, layer in enumerate(self.layers):
-            if index > 0 and self.dropout > 0:
+        for level in range(self.num_layers):
+            if level > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            state = layer.initial_state(x.shape[1]) if hx is None else (hx[0][index], hx[1][index])
-            x, (h, c) = layer(x, state, mask, time_offset)
-            h_n.append(h)
-            c_n.append(c)
+            outputs = []
+            for direction in range(self.num_directions):
+                index = level * self.num_directions + direction
+                layer = self.layers[index]
+                state = layer.initial_state(x.shape[1]) if hx is None else (hx[0][index], hx[1][index])
+                if direction == 0:
+                    out, (h, c) = layer(x, state, mask, time_offset)
+                else:
+                    out, (h, c) = layer(reverse_time(x, reverse), state, mask, time_offset)
+                    out = reverse_time(out, reverse)
+                outputs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
         output = x.transpose(0, 1) if self.batch_first else x
         return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def reversal_index(mask: torch.Tensor | None, steps: int, batch: int, device) -> torch.Tensor:
+    """(T, B) time index that reverses each sequence's unpadded part and leaves its padding in place."""
+    t = torch.arange(steps, device=device).unsqueeze(1).expand(steps, batch)
+    if mask is None:
+        return steps - 1 - t
+    lengths = mask.sum(0, keepdim=True)
+    return torch.where(t < lengths, lengths - 1 - t, t)
+
+
+def reverse_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reorder x (T, B, C) in time by a reversal index (its own inverse)."""
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))
 
 
 def check_inputs(x: torch.Tensor, hx, lengths: torch.Tensor | None, input_size: int,

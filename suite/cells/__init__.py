@@ -36,7 +36,8 @@ _BUILTIN = ("lstm", "cudnn", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm")
 
 
 def register(name: str, options: type, description: str) -> Callable[[Builder], Builder]:
-    """Decorator registering `builder(input_size, hidden_size, num_layers, batch_first, dropout, options)`."""
+    """Decorator registering `builder(input_size, hidden_size, num_layers, batch_first, dropout, options,
+    bidirectional=False)`."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
@@ -82,7 +83,8 @@ def check_options(name: str, options: Mapping[str, Any], where: str) -> None:
 
 
 def build(name: str, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-          dropout: float = 0.0, **options: Any) -> nn.Module:
+          dropout: float = 0.0, bidirectional: bool = False, **options: Any) -> nn.Module:
     """Build variant `name`, called like torch.nn.LSTM (plus optional `lengths`)."""
     variant = get(name)
-    return variant.builder(input_size, hidden_size, num_layers, batch_first, dropout, make_options(name, options))
+    return variant.builder(input_size, hidden_size, num_layers, batch_first, dropout, make_options(name, options),
+                           bidirectional=bidirectional)

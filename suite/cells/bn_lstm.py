@@ -32,7 +32,7 @@ def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) ->
 
 @register("bn_lstm", BNOptions, "BN on W_x x, W_h h and c_t, per-step statistics (Cooijmans et al. 2016)")
 def build_bn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                  options: BNOptions) -> nn.Module:
+                  options: BNOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of BN-LSTM layers."""
     def layer(size: int) -> LSTMLayer:
         return LSTMLayer(size, hidden_size, options,
@@ -40,4 +40,4 @@ def build_bn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_firs
                          norm_h=step_bn(4 * hidden_size, options, bias=False),
                          norm_c=step_bn(hidden_size, options, bias=True))
 
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer)
+    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

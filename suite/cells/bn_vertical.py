@@ -25,11 +25,12 @@ class VerticalBNOptions(BNOptions):
 
 @register("bn_vertical", VerticalBNOptions, "BN on W_x x only (Laurent et al. 2016)")
 def build_bn_vertical(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                      options: VerticalBNOptions) -> nn.Module:
+                      options: VerticalBNOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of LSTM layers with batch-normalized input terms."""
     if options.statistics not in ("per_step", "sequence"):
         raise ConfigError(f"bn_vertical: statistics must be 'per_step' or 'sequence', got {options.statistics!r}")
     per_step = options.statistics == "per_step"
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
-                     lambda size: LSTMLayer(size, hidden_size, options,
-                                            norm_x=step_bn(4 * hidden_size, options, False, per_step)))
+    def layer(size: int) -> LSTMLayer:
+        return LSTMLayer(size, hidden_size, options, norm_x=step_bn(4 * hidden_size, options, False, per_step))
+
+    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

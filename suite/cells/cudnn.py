@@ -18,18 +18,20 @@ class FusedLSTM(nn.Module):
     """torch.nn.LSTM with a learned initial state and the suite's call signature."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                 options: LSTMOptions):
+                 options: LSTMOptions, bidirectional: bool = False):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.options = batch_first, options
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout)
+        self.states = num_layers * (2 if bidirectional else 1)
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout, bidirectional=bidirectional)
         with torch.no_grad():
-            for layer in range(num_layers):
-                getattr(self.lstm, f"bias_hh_l{layer}").zero_()
-                bias = getattr(self.lstm, f"bias_ih_l{layer}")
-                bias.zero_()
-                bias[hidden_size:2 * hidden_size].fill_(options.forget_bias)
-        init = torch.zeros(2, num_layers, hidden_size)
+            for name, bias in self.lstm.named_parameters():
+                if name.startswith("bias_hh"):
+                    bias.zero_()
+                elif name.startswith("bias_ih"):
+                    bias.zero_()
+                    bias[hidden_size:2 * hidden_size].fill_(options.forget_bias)
+        init = torch.zeros(2, self.states, hidden_size)
         if options.learn_init:
             self.init_state = nn.Parameter(init)
         else:
@@ -38,9 +40,9 @@ class FusedLSTM(nn.Module):
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
         """Same contract as suite.recurrent.Recurrent.forward."""
         x = input.transpose(0, 1) if self.batch_first else input
-        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.num_layers)
+        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.states)
         if hx is None:
-            h0, c0 = self.init_state.unsqueeze(2).expand(2, self.num_layers, x.shape[1], self.hidden_size)
+            h0, c0 = self.init_state.unsqueeze(2).expand(2, self.states, x.shape[1], self.hidden_size)
             if self.training and self.options.h0_noise > 0:
                 h0 = h0 + self.options.h0_noise * torch.randn_like(h0)
             hx = (h0.contiguous(), c0.contiguous())
@@ -55,6 +57,6 @@ class FusedLSTM(nn.Module):
 
 @register("cudnn_lstm", LSTMOptions, "torch.nn.LSTM, the fused reference")
 def build_cudnn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                     options: LSTMOptions) -> nn.Module:
+                     options: LSTMOptions, bidirectional: bool = False) -> nn.Module:
     """torch.nn.LSTM behind the suite's API."""
-    return FusedLSTM(input_size, hidden_size, num_layers, batch_first, dropout, options)
+    return FusedLSTM(input_size, hidden_size, num_layers, batch_first, dropout, options, bidirectional)

@@ -21,7 +21,7 @@ class LNOptions(LSTMOptions):
 
 @register("ln_lstm", LNOptions, "layer norm on W_x x, W_h h and c_t (Ba et al. 2016)")
 def build_ln_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                  options: LNOptions) -> nn.Module:
+                  options: LNOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of layer-normalized LSTM layers."""
     def layer(size: int) -> LSTMLayer:
         g, eps = options.gain_init, options.eps
@@ -30,4 +30,4 @@ def build_ln_lstm(input_size: int, hidden_size: int, num_layers: int, batch_firs
                          norm_h=LayerNorm(4 * hidden_size, g, eps, bias=False),
                          norm_c=LayerNorm(hidden_size, g, eps, bias=True))
 
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer)
+    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

@@ -10,7 +10,7 @@ from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
 
 @register("lstm", LSTMOptions, "plain LSTM, own time loop (baseline)")
 def build_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-               options: LSTMOptions) -> nn.Module:
+               options: LSTMOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of un-normalized LSTM layers."""
     return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
-                     lambda size: LSTMLayer(size, hidden_size, options))
+                     lambda size: LSTMLayer(size, hidden_size, options), bidirectional=bidirectional)

@@ -24,7 +24,7 @@ def wn_layer(input_size: int, hidden_size: int, options: LSTMOptions) -> LSTMLay
 
 @register("wn_lstm", LSTMOptions, "weight norm of W_x and W_h per unit (Salimans & Kingma 2016)")
 def build_wn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                  options: LSTMOptions) -> nn.Module:
+                  options: LSTMOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of weight-normalized LSTM layers."""
     return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
-                     lambda size: wn_layer(size, hidden_size, options))
+                     lambda size: wn_layer(size, hidden_size, options), bidirectional=bidirectional)

@@ -199,3 +199,38 @@ def test_gradcheck_float64(name):
 
     params = tuple(p.detach().clone().requires_grad_() for p in rnn.parameters())
     assert torch.autograd.gradcheck(by_parameters, params, eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bidirectional_shapes_and_padding(name, x):
+    rnn = build(name, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([6, 4, 1, 3, 6])
+    out, (h, c) = rnn(x, lengths=lengths)
+    assert out.shape == (T, B, 2 * H) and h.shape == c.shape == (4, B, H)
+    valid = (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(-1)
+    garbage = torch.where(valid, x, torch.full_like(x, 1e3))
+    torch.testing.assert_close(rnn(garbage, lengths=lengths)[0], out)
+    out.sum().backward()
+    assert all(p.grad is not None for p in rnn.parameters())
+
+
+def test_bidirectional_lstm_equals_torch_lstm_with_copied_weights():
+    torch.manual_seed(0)
+    rnn = variants.build("lstm", F, H, num_layers=2, bidirectional=True).double()
+    reference = torch.nn.LSTM(F, H, 2, bidirectional=True).double()
+    with torch.no_grad():
+        for index, layer in enumerate(rnn.layers):
+            suffix = f"l{index // 2}" + ("_reverse" if index % 2 else "")
+            getattr(reference, f"weight_ih_{suffix}").copy_(layer.weight_ih)
+            getattr(reference, f"weight_hh_{suffix}").copy_(layer.weight_hh)
+            getattr(reference, f"bias_ih_{suffix}").copy_(layer.bias)
+            getattr(reference, f"bias_hh_{suffix}").zero_()
+    x = torch.randn(T, B, F, dtype=torch.float64)
+    lengths = torch.tensor([6, 4, 1, 3, 6])
+    hx = tuple(torch.randn(4, B, H, dtype=torch.float64) for _ in range(2))
+    out, (h, c) = rnn(x, hx, lengths=lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    ref_packed, (ref_h, ref_c) = reference(packed, hx)
+    ref_out, _ = torch.nn.utils.rnn.pad_packed_sequence(ref_packed, total_length=T)
+    for mine, theirs in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
