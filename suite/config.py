@@ -35,6 +35,7 @@ class ModelConfig:
     hidden_size: int = 100
     num_layers: int = 1
     dropout: float = 0.0
+    bidirectional: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

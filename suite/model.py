@@ -20,8 +20,8 @@ class SequenceModel(nn.Module):
         if "t_max" in variants.option_fields(config.variant):
             options.setdefault("t_max", task.seq_len)
         self.rnn = variants.build(config.variant, task.input_size, config.hidden_size, config.num_layers,
-                                  dropout=config.dropout, **options)
-        self.head = task.head(config.hidden_size)
+                                  dropout=config.dropout, bidirectional=config.bidirectional, **options)
+        self.head = task.head(config.hidden_size * (2 if config.bidirectional else 1))
 
     def forward(self, batch, state=None, time_offset: int = 0):
         """Logits for a batch, and the final recurrent state (h_n, c_n)."""

@@ -24,7 +24,6 @@ import torch
 from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.config import OptimConfig, RunConfig, TrainConfig
 from suite.errors import ConfigError
-from suite.model import SequenceModel
 
 # Training-data stream used for re-estimating statistics, apart from the training stream itself.
 REESTIMATE_SEED_OFFSET = 7919
@@ -70,7 +69,7 @@ def make_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
     return kinds[config.name](params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def train_step(model: SequenceModel, task, batch, optimizer: torch.optim.Optimizer, clip: float):
+def train_step(model: torch.nn.Module, task, batch, optimizer: torch.optim.Optimizer, clip: float):
     """One update; returns (loss, logits, gradient norm). A non-finite loss is returned, not applied."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -96,7 +95,7 @@ def _batches(task, split: str, batch_size: int, seed: int, device, epoch: int = 
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task, split: str, train: TrainConfig, device,
+def evaluate(model: torch.nn.Module, task, split: str, train: TrainConfig, device,
              length: int | None = None) -> tuple[float, float]:
     """Exact (metric, mean loss) over a whole split, statistics taken as `train.eval_stats` says.
 
@@ -125,7 +124,7 @@ def evaluate(model: SequenceModel, task, split: str, train: TrainConfig, device,
 
 
 @torch.no_grad()
-def refresh_statistics(model: SequenceModel, task, train: TrainConfig, device) -> None:
+def refresh_statistics(model: torch.nn.Module, task, train: TrainConfig, device) -> None:
     """Exact population statistics of every BN over `reestimate_batches` training batches."""
     def run() -> None:
         model.eval()  # dropout off; the norms are put in accumulate mode by reestimate_statistics
@@ -168,7 +167,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     if train.eval_lengths and not hasattr(task, "length_loader"):
         raise ConfigError(f"train.eval_lengths: task {task.name} cannot cut its data into other lengths; "
                           f"leave eval_lengths empty")
-    model = SequenceModel(task, config.model).to(device)
+    model = task.build_model(config.model).to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
     s = {"step": 0, "epoch": 0, "batch_index": 0, "best": None, "best_step": None, "best_state": None,
          "train_at_best": None, "last_valid": None, "train_seconds": 0.0, "examples": 0,

@@ -77,8 +77,9 @@ class LastStepHead(nn.Module):
         self.linear = nn.Linear(hidden_size, output_size)
 
     def forward(self, output: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, output_size)."""
-        return self.linear(state[0][-1])
+        """Logits (B, output_size); a bidirectional top layer contributes both directions' final states."""
+        directions = self.linear.in_features // state[0].shape[-1]
+        return self.linear(torch.cat(list(state[0][-directions:]), dim=-1))
 
 
 class PerStepHead(nn.Module):
@@ -137,6 +138,16 @@ class Task:
     def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass over `split`; deterministic given (seed, epoch)."""
         raise NotImplementedError
+
+    def build_model(self, config: Any) -> nn.Module:
+        """The model trained on this task: by default one-hot/raw inputs -> recurrent stack -> `head`.
+
+        A task with its own architecture (e.g. an attentive reader) returns a module with the
+        same call contract: `model(batch, state=None, time_offset=0) -> (logits, state)`.
+        """
+        from suite.model import SequenceModel
+
+        return SequenceModel(self, config)
 
     def head(self, hidden_size: int) -> nn.Module:
         """The output module on top of the recurrent stack: (output, state) -> logits."""

@@ -40,7 +40,7 @@ def test_override_values_are_read_as_toml_else_strings():
     (["train.steps=1.5"], r"\[train\].steps: expected int"),
     (["model.variant='nope'"], "unknown variant 'nope'; known variants: bn_lstm, bn_vertical"),
     (["task.name='nope'"], "unknown task 'nope'; known tasks:"),
-    (["model.gama=0.2", "model.variant='bn_lstm'"], "other model keys: variant, hidden_size.*unknown key 'gama'; known keys: eps, forget_bias, gamma_init"),
+    (["model.gama=0.2", "model.variant='bn_lstm'"], "other model keys: variant, hidden_size, num_layers, dropout, bidirectional.*unknown key 'gama'; known keys: eps, forget_bias, gamma_init"),
     (["task.pool=3", "task.name='smnist'"], "pool must divide 28"),
     (["task.bogus=1"], r"unknown key 'bogus'"),
     (["nosection.x=1"], "unknown section 'nosection'"),

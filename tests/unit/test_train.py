@@ -116,3 +116,11 @@ def test_eval_lengths_need_a_task_that_can_cut_lengths():
     cfg = config("train.eval_lengths=[4]")
     with pytest.raises(ConfigError, match="eval_lengths"):
         fit(task_for(cfg), cfg)
+
+
+def test_bidirectional_model_trains_and_reads_both_directions():
+    cfg = config("model.variant='bn_lstm'", "model.bidirectional=true", "train.steps=4")
+    task = task_for(cfg)
+    model = task.build_model(cfg.model)
+    assert model.head.linear.in_features == 16
+    assert fit(task, cfg).status == "finished"
