@@ -66,7 +66,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     for task in tasks:
         started = time.perf_counter()
-        with locked(task.data_dir, f"fetch-{task.name}"):  # two `prepare`s must not fetch the same files
+        # Tasks sharing files (smnist, pmnist) share a folder name: one lock per set of files.
+        with locked(task.data_dir, f"fetch-{getattr(task, 'folder', '') or task.name}"):
             task.fetch()
         task.prepare()
         print(f"{task.name:10s} ready    {task.data_status().detail} ({time.perf_counter() - started:.1f} s)")
