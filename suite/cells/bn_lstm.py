@@ -12,6 +12,7 @@ from torch import nn
 
 from suite.cells import register
 from suite.cells.norms import StepBatchNorm
+from suite.errors import ConfigError
 from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
 
 
@@ -23,6 +24,9 @@ class BNOptions(LSTMOptions):
     eps: float = 1e-5
     momentum: float = 0.1
     t_max: int = 1000
+    # Statistics of the input term W_x x_t: "per_step" (Section 3), or "sequence", shared over
+    # time and batch (Laurent et al. 2016), as in the paper's BN-e* on CNN QA (Section 5.4).
+    statistics: str = "per_step"
 
 
 def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) -> StepBatchNorm:
@@ -34,9 +38,13 @@ def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) ->
 def build_bn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
                   options: BNOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of BN-LSTM layers."""
+    if options.statistics not in ("per_step", "sequence"):
+        raise ConfigError(f"bn_lstm: statistics must be 'per_step' or 'sequence', got {options.statistics!r}")
+
     def layer(size: int) -> LSTMLayer:
         return LSTMLayer(size, hidden_size, options,
-                         norm_x=step_bn(4 * hidden_size, options, bias=False),
+                         norm_x=step_bn(4 * hidden_size, options, bias=False,
+                                        per_step=options.statistics == "per_step"),
                          norm_h=step_bn(4 * hidden_size, options, bias=False),
                          norm_c=step_bn(hidden_size, options, bias=True))
 
