@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from suite import cli, variants
 from suite.config import resolve
@@ -53,10 +54,9 @@ def test_every_builtin_task_is_covered():
     assert {"adding", "copy", "smnist", "pmnist", "sfmnist", "ptb_char", "text8"} <= set(TASK_OPTIONS)
 
 
-@pytest.mark.parametrize("variant", variants.names())
-@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
-def test_fit_every_task_with_every_variant(task_name: str, variant: str, data):
-    config = run_config(task_name, variant, data)
+def train(task_name: str, variant: str, data, **train_settings):
+    """Fit a task a few steps and check the summary is complete and plausible."""
+    config = run_config(task_name, variant, data, **train_settings)
     task = create(task_name, config.task.options, config.data.dir, config.data.path)
     result = fit(task, config)
     summary = result.summary
@@ -69,6 +69,26 @@ def test_fit_every_task_with_every_variant(task_name: str, variant: str, data):
     if task.metric == "bpc":  # an untrained model is near uniform: about log2(vocabulary) bits
         assert 0.5 * math.log2(task.vocab_size) < summary["test_at_last"] < 2 * math.log2(task.vocab_size)
     assert {row["split"] for row in result.curve} == {"train", "valid"}
+    return result
+
+
+@pytest.mark.parametrize("variant", variants.names())
+@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
+def test_fit_every_task_with_every_variant(task_name: str, variant: str, data):
+    train(task_name, variant, data)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", variants.names())
+@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
+def test_fit_on_gpu_matches_cpu(task_name: str, variant: str, data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    on_gpu = train(task_name, variant, data, device="cuda")
+    assert on_gpu.summary["device"].startswith("cuda")
+    on_cpu = train(task_name, variant, data, device="cpu")
+    for gpu_row, cpu_row in zip(on_gpu.curve, on_cpu.curve, strict=True):
+        assert gpu_row["loss"] == pytest.approx(cpu_row["loss"], rel=1e-3), gpu_row
 
 
 def test_pmnist_sample_source_trains(tmp_path: Path):
