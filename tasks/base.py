@@ -179,6 +179,7 @@ _BUILTIN = {
     "sfmnist": "tasks.mnist:SequentialFashionMNIST",
     "ptb_char": "tasks.ptb_char:PTBChar",
     "text8": "tasks.text8:Text8",
+    "cnn_qa": "tasks.cnn_qa:CNNQA",
 }
 
 
