@@ -16,6 +16,7 @@ from suite.errors import SuiteError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("suite.commands.train", "train one run of a task with a variant"),
+    "run": ("suite.commands.run", "run a study (tasks x variants x seeds) as a Ray Tune experiment"),
     "variants": ("suite.commands.listing", "list the registered variants"),
     "tasks": ("suite.commands.listing", "list the registered tasks"),
     "data": ("suite.commands.data", "prepare task data (download, verify, cache) or show its status"),

@@ -1,0 +1,287 @@
+"""Run a study as one Ray Tune experiment, on an embedded local Ray or on an existing cluster.
+
+The study's tables live in `<results>/<study>/` (curve/, summary/; see suite.results) and
+Tune's experiment state in `<results>/<study>/tune/`, so `--resume` finds both. Trials
+write their own tables; the driver writes summary rows only for trials that could not
+(failed for good, or interrupted), then prints a summary and, when the study names a
+report and a `report` command exists, writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runners.study import Study, Trial, load_study
+from runners.trainable import GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial
+from suite.errors import SuiteError
+
+TUNE_DIR = "tune"
+# Tune's own console output is replaced by runners.progress; its snapshot warnings are noise
+# here because every evaluation checkpoints (num_to_keep=1 forces a state snapshot each time).
+QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+STUDY_FILE = "study.json"
+DONE = ("finished", "diverged")
+
+
+@dataclass
+class Outcome:
+    """How one trial ended, as the driver saw it."""
+
+    trial: Trial
+    status: str  # finished | diverged | failed | interrupted
+    metrics: dict[str, Any]
+    error: str | None = None
+    seconds: float | None = None  # wall time as Tune saw it (this run only)
+
+
+def plan(study: Study, trials: Sequence[Trial]) -> str:
+    """The trials a study would launch and what each asks for (what --dry-run prints)."""
+    res = study.resources
+    lines = [f"study {study.name}: {len(trials)} trials, each cpu={res.cpu:g} gpu={res.gpu:g}; "
+             f"max_failures={study.failure.max_failures}"
+             + (f"; early stopping after {study.early_stopping.patience} evaluations without improvement"
+                if study.early_stopping.patience else "")]
+    for trial in trials:
+        c = trial.config
+        lines.append(f"  {trial.trial_id:40s} task={c.task.name} {dict(c.task.options) or ''} variant={c.model.variant} "
+                     f"hidden={c.model.hidden_size} steps={c.train.steps} batch={c.train.batch_size} "
+                     f"{c.optim.name} lr={c.optim.lr:g} device={c.train.device}")
+    return "\n".join(lines)
+
+
+def _exists(location: str) -> bool:
+    from pyarrow import fs as pafs
+
+    from suite.results import filesystem
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _read_text(location: str) -> str | None:
+    from suite.results import filesystem
+
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _write_text(location: str, text: str) -> None:
+    from suite.results import filesystem
+
+    fs, path = filesystem(location)
+    with fs.open_output_stream(path) as fh:
+        fh.write(text.encode())
+
+
+def prepare_root(root: str, study: Study, resume: bool) -> None:
+    """Refuse to mix two runs of a study in one place; record the study being run."""
+    from ray import tune
+
+    from suite.results import filesystem
+
+    tune_dir = f"{root}/{TUNE_DIR}"
+    had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
+    if resume:
+        if not tune.Tuner.can_restore(tune_dir):
+            raise SuiteError(f"nothing to resume: {root} holds no started run of study {study.name}; "
+                             f"run it without --resume")
+        saved = _read_text(f"{root}/{STUDY_FILE}")
+        if saved is not None and json.loads(saved).get("fingerprint") != study.fingerprint():
+            raise SuiteError(f"{study.source} changed since study {study.name} started in {root}; "
+                             f"resume it with the same study file, or run the new one into another --results")
+        return
+    if had_results:
+        raise SuiteError(f"{root} already holds results of study {study.name}; continue that run with --resume, "
+                         f"or choose another --results (or delete {root})")
+    fs, path = filesystem(root)
+    fs.create_dir(path, recursive=True)
+    _write_text(f"{root}/{STUDY_FILE}", json.dumps({"fingerprint": study.fingerprint(), "study": study.to_dict()},
+                                                   indent=2, sort_keys=True))
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(os.path.expanduser(location))
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The last meaningful line of a trial's error (e.g. 'ValueError: ...')."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and not lines:
+        return _error_line(cause)
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+def run_study(path: str, results: str, address: str | None = None, resume: bool = False, dry_run: bool = False,
+              report: str | None = None, num_cpus: int | None = None) -> int:
+    """Run (or resume) a study; returns 0 when every trial finished or diverged, 1 when some failed,
+    130 when interrupted."""
+    study = load_study(path)
+    trials = study.trials()
+    if dry_run:
+        print(plan(study, trials))
+        return 0
+    from suite.commands.train import check_writable
+    from tasks.base import create
+
+    results = _absolute(results)
+    root = study_root(results, study.name)
+    check_writable(results)
+    if address is None:  # on a cluster the data may live on the workers only
+        for name in study.tasks:
+            config = next(t.config for t in trials if t.task == name)
+            create(config.task.name, config.task.options, config.data.dir, config.data.path).prepare()
+    prepare_root(root, study, resume)
+    from runners.cluster import check_resources, connect
+
+    for key, value in QUIET_TUNE.items():
+        os.environ.setdefault(key, value)
+    started = time.monotonic()
+    with connect(address, num_cpus) as session:
+        described = check_resources(study.resources.cpu, study.resources.gpu)
+        print(f"study {study.name}: {len(trials)} trials on {described} ({'embedded' if session.embedded else session.address}); "
+              f"results in {root}", flush=True)
+        outcomes = _fit(study, trials, results, root, resume)
+    wall = time.monotonic() - started
+    _record_unfinished(root, study, outcomes)
+    print(summary_text(study, outcomes, wall), flush=True)
+    interrupted = [o for o in outcomes if o.status == "interrupted"]
+    if interrupted:
+        print(f"interrupted: {len(interrupted)} trial(s) unfinished; continue with "
+              f"`suite run {path} --results {results} --resume`", file=sys.stderr)
+        return 130
+    report = report if report is not None else study.report
+    if report:
+        _write_report(root, report)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume: bool) -> list[Outcome]:
+    """Build (or restore) the Tuner, run it, and tell how each trial ended."""
+    from ray import tune
+
+    from runners.progress import Progress, trial_name
+
+    trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    tune_dir = f"{root}/{TUNE_DIR}"
+    if resume:
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        metric = {name: _task_metric(name) for name in study.tasks}
+        param_space = {
+            STUDY: study.to_dict(), RESULTS: results,
+            # Grid axes, never sampled: every variant sees every seed (and every grid point).
+            TASK: tune.grid_search(list(study.tasks)), VARIANT: tune.grid_search(list(study.variants)),
+            SEED: tune.grid_search(list(study.seeds)), GRID: tune.grid_search(study.grid_points()),
+        }
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            # reuse_actors: a finished trial's worker takes the next trial (saves a process start and imports).
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=root, verbose=0, callbacks=[Progress(metric)],
+                failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    grid = tuner.fit()
+    by_id = {t.trial_id: t for t in trials}
+    timing = Progress.current.trial_seconds if Progress.current else {}
+    outcomes = []
+    for result in grid:
+        config = result.config or {}
+        name = _config_name(config)
+        metrics = dict(result.metrics or {})
+        status = metrics.get("status")
+        if status not in DONE:
+            status = "failed" if result.error is not None else "interrupted"
+        outcomes.append(Outcome(by_id[name], status, metrics, _error_line(result.error) if status == "failed" else None,
+                                timing.get(name)))
+    seen = {o.trial.trial_id for o in outcomes}
+    outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    return sorted(outcomes, key=lambda o: order[o.trial.trial_id])
+
+
+def _task_metric(name: str) -> str:
+    from tasks.base import get_task_class
+
+    return get_task_class(name).metric
+
+
+def _config_name(config: dict[str, Any]) -> str:
+    from runners.study import make_trial_id
+
+    return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
+
+
+def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
+    """Summary rows for trials that could not write their own: failed for good, or interrupted."""
+    from suite.results import SUMMARY, environment, to_table, write_table
+
+    for o in outcomes:
+        if o.status in DONE:
+            continue
+        m = o.metrics
+        row = dict(o.trial.keys(study.name), status=o.status, error=o.error, metric=_task_metric(o.trial.task),
+                   best_valid=_float(m.get("best_valid")), valid_at_last=_float(m.get("valid")),
+                   steps=m.get("step"), config_json=json.dumps(o.trial.config.to_dict(), sort_keys=True),
+                   env_json=json.dumps(environment(), sort_keys=True))
+        write_table(to_table([row], SUMMARY), root, "summary", o.trial.trial_id)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def summary_text(study: Study, outcomes: Sequence[Outcome], wall: float) -> str:
+    """The end-of-study table: one line per trial, counts, and Tune's overhead per trial."""
+    lines = [f"study {study.name} summary ({wall:.0f}s wall):",
+             f"  {'trial':40s} {'status':11s} {'best valid':>10s} {'step':>6s} {'test@best':>9s} {'fit s':>7s}"]
+    overheads = []
+    for o in outcomes:
+        m = o.metrics
+        fit_seconds = m.get("fit_seconds")
+        if o.seconds is not None and isinstance(fit_seconds, int | float):
+            overheads.append(o.seconds - fit_seconds)
+        lines.append(f"  {o.trial.trial_id:40s} {o.status:11s} {_fmt(m.get('best_valid')):>10s} "
+                     f"{_fmt(m.get('best_step')):>6s} {_fmt(m.get('test_at_best')):>9s} "
+                     f"{fit_seconds if fit_seconds is not None else float('nan'):7.1f}"
+                     + (f"  {o.error}" if o.error else ""))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "diverged", "failed", "interrupted")}
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if overheads:
+        lines.append(f"  Tune overhead per trial (trial wall time outside fit): mean {sum(overheads) / len(overheads):.1f}s, "
+                     f"max {max(overheads):.1f}s over {len(overheads)} trials")
+    return "\n".join(lines)
+
+
+def _write_report(root: str, out: str) -> None:
+    """Write the study's report with `suite report` when that command exists."""
+    from suite import cli
+
+    if "report" not in cli.COMMANDS:
+        print(f"(no report: the `report` command is not installed; {root} holds the tables)")
+        return
+    target = out if os.path.isabs(out) or "://" in out else f"{root}/{out}"
+    code = cli.main(["report", root, "--out", target])
+    if code != 0:
+        raise SuiteError(f"the study finished but writing its report {target} failed (exit {code})")

@@ -1,0 +1,118 @@
+"""The only Tune adapter: one trial of a study runs `suite.train.fit` inside a Tune function trainable.
+
+Each evaluation of `fit` becomes one `tune.report` with a checkpoint holding the training
+state *and every curve row so far*; after a crash Tune restarts the trial from that
+checkpoint, so the curve holds each (trial, step, split) row exactly once. The trial writes
+its own Parquet files (curve after every evaluation, summary at the end) to the results
+location with pyarrow filesystems, so results reach a shared path or an object store from
+whichever node ran it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Keys of the dict Tune passes to a trial (`param_space` in runners.local).
+STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
+STATE_FILE = "state.pt"
+
+
+def study_root(results: str, study: str) -> str:
+    """Where a study's tables live: <results>/<study> (a local path or a URI)."""
+    return f"{results.rstrip('/')}/{study}"
+
+
+class EarlyStopper:
+    """Stop after `patience` evaluations without a better validation metric (0 disables it)."""
+
+    def __init__(self, patience: int, min_steps: int, mode: str):
+        self.patience, self.min_steps, self.mode = patience, min_steps, mode
+        self.best: float | None = None
+        self.stale = 0
+
+    def update(self, step: int, value: float) -> bool:
+        """Record one validation value; True when training should stop."""
+        better = math.isfinite(value) and (self.best is None or
+                                           (value > self.best if self.mode == "max" else value < self.best))
+        if better:
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        return self.patience > 0 and step >= self.min_steps and self.stale >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps."""
+        return {"best": self.best, "stale": self.stale}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Restore from a checkpoint."""
+        self.best, self.stale = state["best"], state["stale"]
+
+
+def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Curve rows keyed by (step, split): a re-reported point replaces the old one, never duplicates it."""
+    keyed = {(row["step"], row["split"]): row for row in rows}
+    keyed.update({(row["step"], row["split"]): row for row in new})
+    return [keyed[key] for key in sorted(keyed)]
+
+
+def train_trial(params: dict[str, Any]) -> None:
+    """Tune function trainable: resolve the trial's config, fit with checkpoints, write its tables."""
+    import torch
+    from ray import tune
+
+    from runners.study import from_dict
+    from suite.results import CURVE, to_table, write_run, write_table
+    from suite.train import Report, fit
+    from tasks.base import create
+
+    study = from_dict(params[STUDY])
+    trial = study.resolve_trial(params[TASK], params[VARIANT], params[SEED], params[GRID])
+    config = trial.config
+    root = study_root(params[RESULTS], study.name)
+    keys = trial.keys(study.name)
+    # Ray sets OMP_NUM_THREADS for the worker; make torch agree with the CPUs the trial asked for.
+    torch.set_num_threads(max(1, int(study.resources.cpu)))
+    task = create(config.task.name, config.task.options, config.data.dir, config.data.path)
+    stopper = EarlyStopper(study.early_stopping.patience, study.early_stopping.min_steps, task.mode)
+    rows: list[dict[str, Any]] = []
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        rows, resume = saved["rows"], saved["fit"]
+        stopper.load(saved["stopper"])
+    fit_seconds = 0.0
+
+    def on_report(report: Report) -> bool:
+        nonlocal rows
+        rows = merge_rows(rows, [dict(keys, **row) for row in report.rows])
+        # The curve so far, rewritten whole (atomically): readable while the study runs.
+        write_table(to_table(rows, CURVE), root, "curve", trial.trial_id)
+        valid = report.rows[-1]["value"]
+        stop = stopper.update(report.step, valid)
+        metrics = {"step": report.step, "total_steps": report.total_steps, "valid": valid,
+                   "train_loss": report.rows[0]["loss"], "best_valid": stopper.best, "status": "running"}
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"fit": report.checkpoint(), "rows": rows, "stopper": stopper.state()},
+                       Path(folder) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        return stop
+
+    started = time.perf_counter()
+    result = fit(task, config, on_report=on_report, resume=resume)
+    fit_seconds = time.perf_counter() - started
+    summary = dict(result.summary)
+    write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)},
+              result.lengths)
+    tune.report({"step": summary["steps"], "total_steps": config.train.steps, "valid": summary["valid_at_last"],
+                 "best_valid": summary["best_valid"], "best_step": summary["best_step"],
+                 "test_at_best": summary["test_at_best"], "status": result.status, "fit_seconds": fit_seconds,
+                 "pid": os.getpid()})

@@ -1,0 +1,193 @@
+"""`suite run` on a real embedded local Ray: statuses, Arrow tables, a killed worker, interrupted drivers.
+
+Each test runs the CLI in a subprocess whose TMPDIR is a short folder of the test's own, so
+the Ray it starts can be found (and stopped) by that folder alone, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from runners.cluster import processes_of, stop_processes, stop_ray_in
+from suite.results import read_table
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def study_text(name: str, extra: str = "", steps: int = 200, eval_every: int = 20, max_failures: int = 1) -> str:
+    """A small adding-problem study; `extra` adds tables such as [grid]."""
+    return textwrap.dedent(f"""
+        name = "{name}"
+        variants = ["lstm"]
+        seeds = [0]
+
+        [config]
+        model.hidden_size = 12
+        train = {{ steps = {steps}, eval_every = {eval_every}, batch_size = 20, reestimate_batches = 2 }}
+
+        [tasks.adding]
+        task = {{ length = 30, train_size = 400, eval_size = 100 }}
+
+        [failure]
+        max_failures = {max_failures}
+    """) + textwrap.dedent(extra)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short TMPDIR for the Ray that the test's driver starts; its processes are stopped afterwards."""
+    folder = tempfile.mkdtemp(prefix="rnt", dir="/tmp")
+    yield folder
+    stop_ray_in(folder)
+
+
+def start(args: list[str], tmp: str, **env: str) -> subprocess.Popen:
+    """`suite ARGS` in a subprocess with its own TMPDIR; stdout and stderr together, as text."""
+    environ = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **env)
+    return subprocess.Popen([sys.executable, "-m", "suite", *args], cwd=ROOT, env=environ, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    """Wait for a subprocess; its exit code and output."""
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until `condition()`; fail with the driver's output if it ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"condition not reached (exit {proc.returncode}); driver output:\n{out}")
+        time.sleep(0.1)
+
+
+def curve_steps(root: Path, trial: str) -> list[int]:
+    """Validation steps in a trial's curve file (empty when there is none yet)."""
+    path = root / "curve" / f"{trial}.parquet"
+    if not path.exists():
+        return []
+    table = pq.read_table(path)
+    return [s for s, split in zip(table["step"].to_pylist(), table["split"].to_pylist(), strict=True)
+            if split == "valid"]
+
+
+def statuses(root: Path) -> dict[str, str]:
+    """trial_id -> status from the study's summary table."""
+    table = read_table(str(root), "summary")
+    return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True))
+
+
+def worker_of(trial: str, tmp: str):
+    """The Ray worker process running `trial` (Tune runs it in working_dirs/<trial>)."""
+    for proc in processes_of(tmp):
+        try:
+            if proc.name().startswith("ray::ImplicitFunc") and proc.cwd().endswith(f"/{trial}"):
+                return proc
+        except Exception:  # noqa: BLE001 - a process may vanish while we look
+            continue
+    return None
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
+    """kill -9 of the trial's worker mid-run: Tune restarts it from the last checkpoint, rows exactly once."""
+    path = tmp_path / "kill.toml"
+    path.write_text(study_text("kill", steps=200, eval_every=20, max_failures=2))
+    root = tmp_path / "res" / "kill"
+    trial = "adding-lstm-s0"
+    proc = start(["run", str(path), "--results", str(tmp_path / "res")], ray_tmp)
+    wait_for(lambda: len(curve_steps(root, trial)) >= 2 and worker_of(trial, ray_tmp) is not None, proc)
+    killed_at = max(curve_steps(root, trial))
+    assert killed_at < 200, "the trial finished before it could be killed; make it longer"
+    worker = worker_of(trial, ray_tmp)
+    worker.kill()  # SIGKILL, by pid
+    code, out = finish(proc)
+    assert code == 0, out
+    assert "worker failed; retrying from its last checkpoint" in out
+    after = out.split("retrying from its last checkpoint", 1)[1]
+    first_step_after = int(after.split(f"{trial} step ", 1)[1].split("/", 1)[0])
+    assert first_step_after > 20, f"the retry started from scratch:\n{out}"
+    assert curve_steps(root, trial) == list(range(20, 201, 20))  # every point exactly once
+    curve = read_table(str(root), "curve").to_pandas()
+    assert not curve.duplicated(["trial_id", "step", "split"]).any()
+    assert statuses(root) == {trial: "finished"}
+    summary = read_table(str(root), "summary").to_pylist()[0]
+    assert summary["steps"] == 200 and summary["study"] == "kill" and summary["variant"] == "lstm"
+    assert '"hidden_size": 12' in summary["config_json"] and '"torch"' in summary["env_json"]
+
+
+def test_sigint_then_resume_skips_finished_trials(tmp_path, ray_tmp):
+    """Ctrl-C: finished and diverged trials keep their rows; --resume completes the rest, each row once."""
+    path = tmp_path / "mixed.toml"
+    # lr 1e30 makes Adam's first updates blow the weights up: those trials diverge.
+    path.write_text(study_text("mixed", steps=300, eval_every=20) + '\n[grid]\n"optim.lr" = [0.01, 1e30]\n'
+                    '"train.steps" = [20, 300]\n')
+    results = tmp_path / "res"
+    root = results / "mixed"
+    fast, slow = "adding-lstm-s0-lr=0.01-steps=20", "adding-lstm-s0-lr=0.01-steps=300"
+    proc = start(["run", str(path), "--results", str(results)], ray_tmp)
+    wait_for(lambda: (root / "summary" / f"{fast}.parquet").exists() and len(curve_steps(root, slow)) >= 1, proc)
+    fast_written = (root / "summary" / f"{fast}.parquet").stat().st_mtime_ns
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out
+    assert "--resume" in out
+    first = statuses(root)
+    assert first[fast] == "finished" and first[slow] == "interrupted"
+    assert first["adding-lstm-s0-lr=1e+30-steps=20"] == "diverged"
+
+    code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp))
+    assert code == 0, out
+    assert f"{fast} started" not in out  # finished trials are skipped, not rerun
+    assert (root / "summary" / f"{fast}.parquet").stat().st_mtime_ns == fast_written
+    final = statuses(root)
+    assert final == {fast: "finished", slow: "finished", "adding-lstm-s0-lr=1e+30-steps=20": "diverged",
+                     "adding-lstm-s0-lr=1e+30-steps=300": "diverged"}
+    assert curve_steps(root, slow) == list(range(20, 301, 20))
+    assert curve_steps(root, fast) == [20]
+    curve = read_table(str(root), "curve").to_pandas()
+    assert not curve.duplicated(["trial_id", "step", "split"]).any()
+    diverged = read_table(str(root), "summary").to_pandas().set_index("trial_id").loc["adding-lstm-s0-lr=1e+30-steps=300"]
+    assert diverged["steps"] < 300
+
+
+@pytest.mark.slow
+def test_sigkill_driver_then_resume(tmp_path, ray_tmp):
+    """kill -9 of the driver (experiment state saved every second): --resume skips the finished trial."""
+    path = tmp_path / "killed.toml"
+    path.write_text(study_text("killed", steps=300, eval_every=20) + '\n[grid]\n"train.steps" = [20, 300]\n')
+    results = tmp_path / "res"
+    root = results / "killed"
+    fast, slow = "adding-lstm-s0-steps=20", "adding-lstm-s0-steps=300"
+    proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
+    wait_for(lambda: (root / "summary" / f"{fast}.parquet").exists() and len(curve_steps(root, slow)) >= 2, proc)
+    time.sleep(2.5)  # let Tune snapshot the experiment state after the fast trial ended
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)  # outlive the driver otherwise
+    proc.kill()
+    proc.communicate()
+    stop_processes(children)
+    stop_ray_in(ray_tmp)
+    code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
+                             TUNE_GLOBAL_CHECKPOINT_S="1"))
+    assert code == 0, out
+    assert f"{fast} started" not in out
+    assert statuses(root) == {fast: "finished", slow: "finished"}
+    assert curve_steps(root, slow) == list(range(20, 301, 20))
