@@ -240,10 +240,14 @@ def test_sfmnist_from_the_debian_package(tmp_path: Path):
         pytest.skip("dataset-fashion-mnist is not installed")
     t = task("sfmnist", tmp_path, None)
     t.prepare()
-    again = task("sfmnist", tmp_path, None)
-    started = time.perf_counter()
-    data = again._load()
-    assert time.perf_counter() - started < 1.0  # a cached split loads well under a second
+    def load():
+        started = time.perf_counter()
+        loaded = task("sfmnist", tmp_path, None)._load()
+        return time.perf_counter() - started, loaded
+
+    # All three cached splits load well under a second (best of three: the machine may be busy).
+    seconds, data = min((load() for _ in range(3)), key=lambda pair: pair[0])
+    assert seconds < 1.0
     assert {split: tuple(x.shape) for split, (x, _) in data.items()} == \
            {"train": (50000, 28, 28), "valid": (10000, 28, 28), "test": (10000, 28, 28)}
     assert np.bincount(data["test"][1].numpy()).tolist() == [1000] * 10
