@@ -295,3 +295,22 @@ def test_cache_fingerprint_sees_the_split_folders(tmp_path: Path, questions: Pat
     manifest = (Path(t._meta["cache"]) / "manifest.json").read_text()
     for name in ("training", "validation", "test"):
         assert str((questions / "questions" / name).resolve()) in manifest
+
+
+def test_paper_studies_resolve_with_the_paper_settings():
+    from runners.study import load_study
+
+    root = Path(__file__).resolve().parents[2] / "studies"
+    paper = load_study(root / "paper-cnn-qa.toml")
+    trials = {t.trial_id: t for t in paper.trials()}
+    bn_e2 = trials["cnn_qa-bn_lstm-s0-attention_bn=True-sequence_statistics=True-bidirectional=True"]
+    lstm = trials["cnn_qa-lstm-s0-attention_bn=False-sequence_statistics=False-bidirectional=False"]
+    for trial in (bn_e2, lstm):
+        c = trial.config
+        assert (c.model.hidden_size, c.train.batch_size, c.optim.name, c.optim.lr, c.optim.clip) == \
+            (240, 64, "adam", 8e-5, 10.0)
+        assert c.task.options["top_sentences"] == 4
+    assert bn_e2.config.model.bidirectional and bn_e2.config.task.options["attention_bn"]
+    assert paper.resources.gpu == 1
+    smoke = load_study(root / "paper-cnn-qa-smoke.toml")
+    assert smoke.resources.gpu == 0 and all(t.config.model.hidden_size <= 32 for t in smoke.trials())
