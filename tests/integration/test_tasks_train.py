@@ -104,9 +104,13 @@ def test_pmnist_sample_source_trains(tmp_path: Path):
     assert task.describe()["split_sizes"] == {"train": 3500, "valid": 750, "test": 750}
 
 
-@pytest.mark.parametrize("task_name", sorted(TASK_OPTIONS))
-def test_suite_train_command(task_name: str, data, tmp_path: Path, capsys):
-    args = ["train", "--task", task_name, "--variant", "lstm", "--results", str(tmp_path / "results"),
+# Each task once through the command, the variants taken in turn so that every one appears.
+COMMAND_RUNS = [(task, variants.names()[i % len(variants.names())]) for i, task in enumerate(sorted(TASK_OPTIONS))]
+
+
+@pytest.mark.parametrize("task_name,variant", COMMAND_RUNS)
+def test_suite_train_command(task_name: str, variant: str, data, tmp_path: Path, capsys):
+    args = ["train", "--task", task_name, "--variant", variant, "--results", str(tmp_path / "results"),
             "--data-dir", str(data["data_dir"]), "--quiet"]
     for key, value in TASK_OPTIONS[task_name].items():
         args += ["--set", f"task.{key}={value}"]
@@ -118,7 +122,7 @@ def test_suite_train_command(task_name: str, data, tmp_path: Path, capsys):
     assert cli.main(args) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.startswith("finished: best valid")
     summary = pq.read_table(tmp_path / "results" / "summary").to_pylist()
-    assert len(summary) == 1 and summary[0]["task"] == task_name
+    assert len(summary) == 1 and (summary[0]["task"], summary[0]["variant"]) == (task_name, variant)
     if task_name == "pmnist":  # the permutation is stored with the results
         assert "permutation" in str(summary[0])
 
