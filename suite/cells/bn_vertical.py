@@ -13,7 +13,8 @@ from torch import nn
 from suite.cells import register
 from suite.cells.bn_lstm import BNOptions, step_bn
 from suite.errors import ConfigError
-from suite.recurrent import LSTMLayer, Recurrent
+from suite.fused import LoopRecurrent, stack_class
+from suite.recurrent import LSTMLayer
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class VerticalBNOptions(BNOptions):
     """BN options plus where the statistics come from: "per_step" or "sequence"."""
 
     statistics: str = "per_step"
+    impl: str = "reference"  # or "fast": suite.fused.LoopRecurrent, same parameters
 
 
 @register("bn_vertical", VerticalBNOptions, "BN on W_x x only (Laurent et al. 2016)")
@@ -33,4 +35,5 @@ def build_bn_vertical(input_size: int, hidden_size: int, num_layers: int, batch_
     def layer(size: int) -> LSTMLayer:
         return LSTMLayer(size, hidden_size, options, norm_x=step_bn(4 * hidden_size, options, False, per_step))
 
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)
+    stack = stack_class(options.impl, LoopRecurrent, "bn_vertical")
+    return stack(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from suite.cells import register
-from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+from suite.fused import FusedRecurrent, ImplOptions, stack_class
+from suite.recurrent import LSTMLayer
 
 
-@register("lstm", LSTMOptions, "plain LSTM, own time loop (baseline)")
+@register("lstm", ImplOptions, "plain LSTM, own time loop (baseline)")
 def build_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-               options: LSTMOptions, bidirectional: bool = False) -> nn.Module:
+               options: ImplOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of un-normalized LSTM layers."""
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
+    stack = stack_class(options.impl, FusedRecurrent, "lstm")  # "fast": the fused kernel, same parameters
+    return stack(input_size, hidden_size, num_layers, batch_first, dropout,
                      lambda size: LSTMLayer(size, hidden_size, options), bidirectional=bidirectional)

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from suite.cells import register
-from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+from suite.fused import FusedRecurrent, ImplOptions, stack_class
+from suite.recurrent import LSTMLayer, LSTMOptions
 
 
 def wn_layer(input_size: int, hidden_size: int, options: LSTMOptions) -> LSTMLayer:
@@ -22,9 +23,10 @@ def wn_layer(input_size: int, hidden_size: int, options: LSTMOptions) -> LSTMLay
     return layer
 
 
-@register("wn_lstm", LSTMOptions, "weight norm of W_x and W_h per unit (Salimans & Kingma 2016)")
+@register("wn_lstm", ImplOptions, "weight norm of W_x and W_h per unit (Salimans & Kingma 2016)")
 def build_wn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_first: bool, dropout: float,
-                  options: LSTMOptions, bidirectional: bool = False) -> nn.Module:
+                  options: ImplOptions, bidirectional: bool = False) -> nn.Module:
     """A stack of weight-normalized LSTM layers."""
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout,
+    stack = stack_class(options.impl, FusedRecurrent, "wn_lstm")  # "fast": normalized weights -> fused kernel
+    return stack(input_size, hidden_size, num_layers, batch_first, dropout,
                      lambda size: wn_layer(size, hidden_size, options), bidirectional=bidirectional)

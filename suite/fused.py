@@ -1,0 +1,199 @@
+"""Fast paths of the own-loop variants, selected with the variant option `impl = "fast"`.
+
+Both classes subclass `suite.recurrent.Recurrent` and keep its layers (`LSTMLayer`), so the
+parameters, buffers and state_dict are exactly the reference's; only `forward` differs.
+
+* `FusedRecurrent` (plain `lstm`, `wn_lstm`): reads every layer's weights once per batch --
+  for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
+  hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
+  oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
+* `LoopRecurrent` (`bn_vertical`, and `lstm` where the fused kernel is not wanted): the
+  input term norm_x(W_x x) + b is computed for all steps by the reference's own norm
+  (so every statistics mode -- train, batch, population, accumulate -- behaves identically),
+  then the recurrence runs in `LSTMLoop`, an autograd Function with a hand-derived backward
+  (Cooijmans et al. 2016, Eq. 6-8 with identity norm_h and norm_c). Layers whose norm_h or
+  norm_c is not the identity, bidirectional stacks and batches with `lengths` are sent to the
+  reference loop (explicitly, in `forward`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from suite.cells.norms import Identity
+from suite.errors import ConfigError
+from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs
+
+IMPLS = ("reference", "fast")
+
+
+@dataclass(frozen=True)
+class ImplOptions(LSTMOptions):
+    """LSTM options plus which implementation runs: "reference" (the one time loop) or "fast"."""
+
+    impl: str = "reference"
+
+
+def stack_class(impl: str, fast: type[Recurrent], variant: str) -> type[Recurrent]:
+    """The Recurrent class for option `impl` of a variant: the reference or its fast path."""
+    if impl not in IMPLS:
+        raise ConfigError(f"{variant}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    return fast if impl == "fast" else Recurrent
+
+
+def _initial_states(stack: Recurrent, hx, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h0, c0), each (num_layers, B, H): given, or each layer's learned initial state."""
+    if hx is not None:
+        return hx[0], hx[1]
+    states = [layer.initial_state(batch) for layer in stack.layers]
+    return torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
+
+
+class FusedRecurrent(Recurrent):
+    """A stack of un-normalized LSTMLayers run by the fused LSTM kernel."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for layer in self.layers:
+            if not isinstance(layer, LSTMLayer) or not all(
+                    isinstance(n, Identity) for n in (layer.norm_x, layer.norm_h, layer.norm_c)):
+                raise ConfigError("impl='fast' through the fused kernel needs layers without activation norms")
+
+    def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
+        """Same contract as Recurrent.forward (time_offset has no effect without per-step statistics)."""
+        x = input.transpose(0, 1) if self.batch_first else input
+        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, len(self.layers))
+        h0, c0 = _initial_states(self, hx, x.shape[1])
+        weights = []  # torch.nn.LSTM's order, which is also self.layers': layer 0 forward, layer 0 reverse, ...
+        for layer in self.layers:
+            bias = layer.bias
+            # Read once per batch: with weight norm this runs the reparametrization.
+            weights += [layer.weight_ih, layer.weight_hh, bias, torch.zeros_like(bias)]
+        dropout, train, bidir = float(self.dropout), self.training, self.num_directions == 2
+        if mask is None:
+            out, h, c = torch._VF.lstm(x, (h0, c0), weights, True, self.num_layers, dropout, train, bidir, False)
+        else:
+            packed = pack_padded_sequence(x, mask.sum(0).cpu(), enforce_sorted=False)
+            order, back = packed.sorted_indices, packed.unsorted_indices
+            data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, (h0.index_select(1, order),
+                                        c0.index_select(1, order)), weights, True, self.num_layers,
+                                        dropout, train, bidir)
+            out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, back),
+                                         total_length=x.shape[0])
+            h, c = h.index_select(1, back), c.index_select(1, back)
+        return (out.transpose(0, 1) if self.batch_first else out), (h, c)
+
+
+class LoopRecurrent(Recurrent):
+    """A stack whose layers with identity norm_h and norm_c run the recurrence in `LSTMLoop`."""
+
+    def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
+        """Same contract as Recurrent.forward; falls back to it for `lengths` and in-loop norms."""
+        x = input.transpose(0, 1) if self.batch_first else input
+        if (lengths is not None or self.num_directions != 1
+                or not all(supports_loop(layer) for layer in self.layers)):
+            return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
+        check_inputs(x, hx, None, self.input_size, self.hidden_size, self.num_layers)
+        h0s, c0s = _initial_states(self, hx, x.shape[1])
+        h_n, c_n = [], []
+        for index, layer in enumerate(self.layers):
+            if index > 0 and self.dropout > 0:
+                x = nn.functional.dropout(x, self.dropout, self.training)
+            x, (h, c) = loop_layer(layer, x, h0s[index], c0s[index], time_offset)
+            h_n.append(h)
+            c_n.append(c)
+        output = x.transpose(0, 1) if self.batch_first else x
+        return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def supports_loop(layer: nn.Module) -> bool:
+    """True when `LSTMLoop` computes this layer exactly (no norm inside the recurrence)."""
+    return isinstance(layer, LSTMLayer) and isinstance(layer.norm_h, Identity) and isinstance(layer.norm_c, Identity)
+
+
+def _gate_scale(hidden: int, like: torch.Tensor) -> torch.Tensor:
+    """(4H,) ones with 2 on the g block: tanh(z) = 2 sigmoid(2z) - 1 lets one sigmoid cover all gates."""
+    scale = torch.ones(4 * hidden, dtype=like.dtype, device=like.device)
+    scale[2 * hidden:3 * hidden] = 2.0
+    return scale
+
+
+def loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
+    """One layer: norm_x(W_x x) + b for all steps (the reference's own norm), then `LSTMLoop`."""
+    xg = layer.norm_x.sequence(nn.functional.linear(x, layer.weight_ih), None, time_offset) + layer.bias
+    scale = _gate_scale(layer.hidden_size, xg)
+    out, h, c = LSTMLoop.apply(xg * scale, layer.weight_hh * scale.unsqueeze(1), h0, c0)
+    return out, (h, c)
+
+
+class LSTMLoop(torch.autograd.Function):
+    """The LSTM recurrence over precomputed input gates, with a hand-derived backward.
+
+    Inputs: xg (T, B, 4H) = W_x x_t + b with the g block doubled, w (4H, H) = W_h with its g
+    rows doubled, h0 and c0 (B, H). Then a_t = sigmoid(xg_t + h_{t-1} w^T) holds all four
+    gates (g = 2 a_g - 1 = tanh of the undoubled pre-activation), c_t = f c_{t-1} + i g,
+    h_t = o tanh(c_t). Returns the outputs (T, B, H), h_T and c_T.
+
+    Saved: the gate activations (T, B, 4H) and c, h, tanh(c) per step. The backward computes
+    every factor that does not depend on the incoming gradient for all steps at once, leaving
+    five small operations per step, and accumulates the W_h gradient in one matrix multiply.
+    """
+
+    @staticmethod
+    def forward(ctx, xg: torch.Tensor, w: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+        steps, batch, four_h = xg.shape
+        hidden = four_h // 4
+        acts = torch.empty_like(xg)
+        hs = xg.new_empty(steps + 1, batch, hidden)
+        cs = xg.new_empty(steps + 1, batch, hidden)
+        tanh_c = xg.new_empty(steps, batch, hidden)
+        g = xg.new_empty(batch, hidden)
+        hs[0], cs[0] = h0, c0
+        w_t = w.t()
+        for t in range(steps):
+            a = acts[t]
+            torch.addmm(xg[t], hs[t], w_t, out=a)
+            torch.sigmoid(a, out=a)
+            i, f, g2, o = a.chunk(4, 1)
+            torch.mul(g2, 2.0, out=g).sub_(1.0)
+            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+            torch.tanh(cs[t + 1], out=tanh_c[t])
+            torch.mul(o, tanh_c[t], out=hs[t + 1])
+        ctx.save_for_backward(acts, hs, cs, tanh_c, w)
+        out = hs[1:]
+        return out, hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        acts, hs, cs, tanh_c, w = ctx.saved_tensors
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        i, f, g2, o = acts.chunk(4, 2)
+        # Step-independent factors: d pre-activation = (partner * sigmoid') times dc (i, f, g) or dh (o).
+        deriv = acts * (1.0 - acts)
+        deriv[..., 2 * hidden:3 * hidden] *= 2.0
+        partner = torch.cat([g2 * 2.0 - 1.0, cs[:-1], i, tanh_c], dim=2).mul_(deriv)
+        q = o * (1.0 - tanh_c * tanh_c)  # dc_t += dh_t * o_t * tanh'(c_t)
+        d_gates = torch.empty_like(acts)
+        d_out = d_out if d_out is not None else acts.new_zeros(steps, batch, hidden)
+        dh = d_hn.clone() if d_hn is not None else acts.new_zeros(batch, hidden)
+        dc = d_cn.clone() if d_cn is not None else acts.new_zeros(batch, hidden)
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                dh.add_(d_out[t])
+            else:
+                dh = torch.addmm(d_out[t], d_gates[t + 1], w)
+                dc.mul_(f[t + 1])
+            dc.addcmul_(dh, q[t])
+            torch.mul(partner[t, :, :3 * hidden].view(batch, 3, hidden), dc.unsqueeze(1),
+                      out=d_gates[t, :, :3 * hidden].view(batch, 3, hidden))
+            torch.mul(partner[t, :, 3 * hidden:], dh, out=d_gates[t, :, 3 * hidden:])
+        flat = d_gates.view(steps * batch, four_h)
+        d_w = flat.t().mm(hs[:-1].reshape(steps * batch, hidden)) if ctx.needs_input_grad[1] else None
+        d_h0 = d_gates[0].mm(w) if ctx.needs_input_grad[2] else None
+        d_c0 = dc * f[0] if ctx.needs_input_grad[3] else None
+        return d_gates, d_w, d_h0, d_c0

@@ -1,0 +1,178 @@
+"""The fast paths (`impl = "fast"`, suite/fused.py) against the reference time loop they replace.
+
+Every check builds the reference and the fast stack from one state_dict and compares
+outputs, final states, every parameter gradient and the BN statistics (train, population,
+batch and re-estimated), in float64 (tight) and float32 (max relative error); `LSTMLoop`'s
+hand-derived backward is checked by gradcheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from suite import variants
+from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
+from suite.errors import ConfigError
+from suite.fused import FusedRecurrent, LoopRecurrent, LSTMLoop
+from suite.recurrent import Recurrent
+
+FAST = ["lstm", "wn_lstm", "bn_vertical"]
+T, B, F, H = 7, 5, 3, 4
+
+
+def pair(name: str, dtype=torch.float64, **kwargs):
+    """(reference, fast) stacks of a variant with identical parameters and buffers."""
+    if "t_max" in variants.option_fields(name):
+        kwargs.setdefault("t_max", T)
+    torch.manual_seed(0)
+    ref = variants.build(name, F, H, impl="reference", **kwargs).double()
+    fast = variants.build(name, F, H, impl="fast", **kwargs).double()
+    with torch.no_grad():  # non-default parameters so that gamma, biases and init state all matter
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    fast.load_state_dict(ref.state_dict())
+    return ref.to(dtype), fast.to(dtype)
+
+
+def run(model, x, **kwargs):
+    """Output, final state and the gradients of a fixed random loss of all three."""
+    model.zero_grad(set_to_none=True)
+    out, (h, c) = model(x, **kwargs)
+    gen = torch.Generator().manual_seed(3)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, h, c))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), h.detach(), c.detach(), grads
+
+
+def assert_same(ref, fast, x, rtol=1e-9, atol=1e-10, **kwargs):
+    """Outputs, states, gradients and buffers of the two stacks agree."""
+    r, f = run(ref, x, **kwargs), run(fast, x, **kwargs)
+    for a, b in zip(r[:3], f[:3]):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+    assert r[3].keys() == f[3].keys()
+    for name in r[3]:
+        torch.testing.assert_close(f[3][name], r[3][name], rtol=rtol, atol=atol, msg=name)
+    for (name, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=name)
+
+
+def inputs(dtype=torch.float64, batch_first=False):
+    x = torch.randn(T, B, F, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    return x.transpose(0, 1).contiguous() if batch_first else x
+
+
+def test_impl_selects_the_class_and_rejects_unknown_values():
+    assert type(variants.build("lstm", F, H)) is Recurrent  # the default stays the reference
+    assert isinstance(variants.build("wn_lstm", F, H, impl="fast"), FusedRecurrent)
+    assert isinstance(variants.build("bn_vertical", F, H, impl="fast"), LoopRecurrent)
+    with pytest.raises(ConfigError, match="impl must be one of"):
+        variants.build("lstm", F, H, impl="turbo")
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_training_batch_matches_reference(name, layers):
+    ref, fast = pair(name, num_layers=layers)
+    assert_same(ref, fast, inputs())
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_eval_and_given_state_and_batch_first(name):
+    ref, fast = pair(name, num_layers=2, batch_first=True)
+    ref.eval()
+    fast.eval()
+    state = tuple(torch.randn(2, B, H, dtype=torch.float64) for _ in range(2))
+    assert_same(ref, fast, inputs(batch_first=True), hx=state, time_offset=2)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_lengths_and_bidirectional(name):
+    ref, fast = pair(name, num_layers=2, bidirectional=True)
+    assert_same(ref, fast, inputs(), lengths=torch.tensor([7, 3, 5, 1, 7]))
+    assert_same(ref, fast, inputs())
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_dropout_between_layers(name):
+    ref, fast = pair(name, num_layers=2, dropout=0.5)
+    ref.eval()
+    fast.eval()
+    assert_same(ref, fast, inputs())  # no dropout at evaluation
+    fast.train()
+    torch.manual_seed(5)
+    a, _ = fast(inputs())
+    torch.manual_seed(6)
+    b, _ = fast(inputs())
+    assert not torch.allclose(a, b)  # dropout is active in training
+
+
+@pytest.mark.parametrize("statistics", ["per_step", "sequence"])
+def test_bn_vertical_statistics_in_every_mode(statistics):
+    ref, fast = pair("bn_vertical", num_layers=2, statistics=statistics, t_max=4)  # steps beyond T_max too
+    for _ in range(2):
+        assert_same(ref, fast, inputs(), time_offset=1)  # running averages updated identically
+    assert not torch.equal(batch_norms(fast)[0].running_mean, torch.zeros_like(batch_norms(fast)[0].running_mean))
+    for model in (ref, fast):
+        model.eval()
+        reestimate_statistics(model, lambda m=model: [m(inputs()), m(inputs() * 2)])
+    assert_same(ref, fast, inputs())  # population statistics
+    with statistics_mode(ref, BATCH), statistics_mode(fast, BATCH):
+        assert_same(ref, fast, inputs())
+
+
+def max_relative_error(got, want) -> float:
+    """Largest |got - want| / max|want| over outputs, states and every gradient."""
+    pairs = list(zip(got[:3], want[:3])) + [(got[3][k], want[3][k]) for k in want[3]]
+    return max(((g.double() - w).abs().max() / w.abs().max()).item() for g, w in pairs)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_float32_error_is_small(name):
+    """float32 fast vs the float64 reference: max relative error of the float32 reference's order."""
+    ref64, _ = pair(name, num_layers=2)
+    ref32, fast32 = pair(name, torch.float32, num_layers=2)
+    want = run(ref64, inputs())
+    fast_error = max_relative_error(run(fast32, inputs(torch.float32)), want)
+    ref_error = max_relative_error(run(ref32, inputs(torch.float32)), want)
+    assert fast_error < max(1e-5, 10 * ref_error), (fast_error, ref_error)
+
+
+def test_lstm_loop_gradcheck():
+    gen = torch.Generator().manual_seed(2)
+    args = [torch.randn(s, dtype=torch.float64, generator=gen, requires_grad=True)
+            for s in ((5, 3, 4 * H), (4 * H, H), (3, H), (3, H))]
+    assert torch.autograd.gradcheck(lambda *a: LSTMLoop.apply(*a), args)
+    assert torch.autograd.gradgradcheck is not None  # (double backward is not supported, nor needed)
+
+
+def saved_bytes(model, x) -> int:
+    """Bytes of the distinct storages autograd keeps for backward of one batch."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = model(x)
+    return sum(storages.values())
+
+
+def test_loop_memory_within_budget():
+    """The hand-written loop saves at most 1.5x the reference's activations (issue 6, Memory)."""
+    ref, fast = pair("bn_vertical", torch.float32)
+    x = torch.randn(50, 16, F)
+    assert saved_bytes(fast, x) <= 1.5 * saved_bytes(ref, x)
+
+
+def test_fused_memory_is_the_fused_kernels():
+    """The fused path saves exactly what torch.nn.LSTM (cudnn_lstm) saves at the same shape.
+
+    On CPU that is oneDNN's workspace, about 2.4x the reference loop's saved activations
+    (peak memory of a whole batch differs less; see the bench's extra_info).
+    """
+    x = torch.randn(50, 16, F)
+    fused = variants.build("wn_lstm", F, H, impl="fast")
+    assert saved_bytes(fused, x) <= 1.01 * saved_bytes(variants.build("cudnn_lstm", F, H), x)
