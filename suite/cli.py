@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("suite.commands.run", "run a study (tasks x variants x seeds) as a Ray Tune experiment"),
     "variants": ("suite.commands.listing", "list the registered variants"),
     "tasks": ("suite.commands.listing", "list the registered tasks"),
+    "report": ("suite.commands.report", "write a study's markdown report with figures"),
+    "diagnose": ("suite.commands.diagnose", "diagnostics: gradient flow at initialization (paper Figure 1)"),
     "data": ("suite.commands.data", "prepare task data (download, verify, cache) or show its status"),
 }
 

@@ -1,0 +1,191 @@
+"""Read a study's result tables (`<study>/<table>/<trial_id>.parquet`) for the report.
+
+Every file's schema is checked against `suite.results` (table name, `schema_version`,
+every column present with its type) before anything is read, so a malformed or foreign
+file is a `SuiteError` that names the file. The tables are then read in one
+`pyarrow.dataset` scan per table; nothing here loops over rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from suite.errors import SuiteError
+from suite.results import SCHEMA_VERSION, TABLES
+
+# Canonical display order; unknown names follow alphabetically.
+VARIANT_ORDER = ["lstm", "cudnn_lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm"]
+TASK_ORDER = ["smnist", "pmnist", "sfmnist", "ptb_char", "text8", "adding", "copy"]
+BASELINE = "lstm"
+# Config keys that never tell two arms of a study apart (per-trial or per-machine values).
+_IGNORED_KEYS = ("data.", "train.device", "task_facts", "model.variant", "task.name")
+
+
+def ordered(names, order: list[str]) -> list[str]:
+    """Names sorted by a canonical order, unknown ones alphabetically after it."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(set(names), key=lambda n: (rank.get(n, len(order)), n))
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path) -> None:
+    """Raise SuiteError naming `path` unless `actual` carries every column of `expected` with its type."""
+    name = expected.metadata[b"table"].decode()
+    meta = actual.metadata or {}
+    table, version = meta.get(b"table"), meta.get(b"schema_version")
+    if table is not None and table.decode() != name:
+        raise SuiteError(f"{path}: holds a {table.decode()!r} table, expected {name!r}")
+    if version is not None and version.decode() != SCHEMA_VERSION:
+        raise SuiteError(f"{path}: schema_version {version.decode()}, this suite reads version {SCHEMA_VERSION}")
+    for wanted in expected:
+        index = actual.get_field_index(wanted.name)
+        if index < 0:
+            raise SuiteError(f"{path}: column {wanted.name!r} of the {name} schema is missing")
+        if actual.field(index).type != wanted.type:
+            raise SuiteError(f"{path}: column {wanted.name!r} has type {actual.field(index).type}, "
+                             f"the {name} schema says {wanted.type}")
+
+
+def read_folder(folder: Path, schema: pa.Schema) -> pa.Table | None:
+    """All `*.parquet` files of one table folder (hidden temporary files skipped), or None if none."""
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return None
+    for path in files:
+        try:
+            actual = pq.read_schema(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise SuiteError(f"{path}: not a readable Parquet file ({exc})") from None
+        check_schema(actual, schema, path)
+    try:
+        table = ds.dataset([str(p) for p in files], schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as exc:
+        raise SuiteError(f"{folder}: cannot read the table ({exc})") from None
+    return table.replace_schema_metadata(schema.metadata)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts to {"section.key": value}."""
+    if not isinstance(config, dict):
+        return {prefix[:-1]: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial's summary row, reduced to what the report needs; `arm` is its variant plus grid settings."""
+
+    trial_id: str
+    task: str
+    variant: str
+    seed: int
+    arm: str
+    settings: tuple[tuple[str, str], ...]
+    status: str
+    error: str
+    row: dict[str, Any]
+
+
+@dataclass
+class Study:
+    """The tables of one study and its trials grouped into (task, arm)."""
+
+    name: str
+    path: Path
+    summary: pa.Table | None
+    curve: pa.Table | None
+    lengths: pa.Table | None
+    throughput: pa.Table | None
+    extra: dict[str, pa.Table] = field(default_factory=dict)
+    trials: dict[str, Trial] = field(default_factory=dict)
+
+    def tasks(self) -> list[str]:
+        """Tasks with at least one summarized trial, in canonical order."""
+        return ordered((t.task for t in self.trials.values()), TASK_ORDER)
+
+    def arms(self, task: str) -> list[str]:
+        """Arms of a task in variant order, then by their settings."""
+        trials = [t for t in self.trials.values() if t.task == task]
+        rank = {v: i for i, v in enumerate(ordered((t.variant for t in trials), VARIANT_ORDER))}
+        return [a for _, _, a in sorted({(rank[t.variant], t.settings, t.arm) for t in trials})]
+
+    def trials_of(self, task: str, arm: str, finished: bool = False) -> list[Trial]:
+        """Trials of one arm sorted by seed then id; only finished ones when asked."""
+        out = [t for t in self.trials.values() if t.task == task and t.arm == arm
+               and (not finished or t.status == "finished")]
+        return sorted(out, key=lambda t: (t.seed, t.trial_id))
+
+    def baseline(self, task: str, arm: str) -> str | None:
+        """The `lstm` arm this arm is compared against: the one that agrees on every shared setting."""
+        mine = dict(self.trials_of(task, arm)[0].settings)
+        for candidate in self.arms(task):
+            trial = self.trials_of(task, candidate)[0]
+            if trial.variant != BASELINE:
+                continue
+            theirs = dict(trial.settings)
+            if all(mine[k] == theirs[k] for k in mine.keys() & theirs.keys()):
+                return candidate
+        return None
+
+
+def _arms(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Arm label per summary row: variant plus the config values that vary within its task and variant."""
+    configs = []
+    for row in rows:
+        try:
+            config = json.loads(row["config_json"]) if row["config_json"] else {}
+        except json.JSONDecodeError:
+            config = {}
+        flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten(config).items()
+                if not k.startswith(_IGNORED_KEYS) and "seed" not in k.rsplit(".", 1)[-1]}
+        configs.append(flat)
+    varying: dict[str, set[str]] = {}
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row, flat in zip(rows, configs):
+        groups.setdefault((row["task"], row["variant"]), []).append(flat)
+    for (task, _), flats in groups.items():
+        keys = set().union(*flats)
+        for key in keys:
+            if len({f.get(key) for f in flats}) > 1:
+                varying.setdefault(task, set()).add(key)
+    out = []
+    for row, flat in zip(rows, configs):
+        settings = tuple(sorted((k, flat[k]) for k in varying.get(row["task"], set()) if k in flat))
+        label = row["variant"] + (f" ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else "")
+        out.append((label, settings))
+    return out
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Read and check every table of a study directory; SuiteError when it holds no results."""
+    path = Path(study_dir)
+    if not path.is_dir():
+        raise SuiteError(f"{path}: no such study directory")
+    tables = {name: read_folder(path / name, schema) for name, schema in TABLES.items()}
+    if tables["summary"] is None and tables["curve"] is None:
+        raise SuiteError(f"{path}: no summary or curve tables (expected {path}/summary/*.parquet)")
+    study = Study(path.resolve().name, path, tables["summary"], tables["curve"], tables["lengths"],
+                  tables["throughput"])
+    if study.summary is not None:
+        rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
+        for row, (arm, settings) in zip(rows, _arms(rows)):
+            study.trials[row["trial_id"]] = Trial(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
+                                                  arm, settings, row["status"] or "unknown", row["error"] or "", row)
+    return study
+
+
+def finite(value: Any) -> bool:
+    """True for a real, finite number."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
