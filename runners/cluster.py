@@ -52,8 +52,16 @@ def probe(address: str, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def connect(address: str | None, num_cpus: int | None = None) -> Iterator[Session]:
-    """An embedded local Ray (address None) or a connection to a cluster; shut down on exit."""
+    """An embedded local Ray (address None) or a connection to a cluster; shut down on exit.
+
+    Inside a Ray job (`ray job submit`), RAY_ADDRESS names the job's cluster: with no address
+    given, that cluster is used rather than an embedded one.
+    """
     import ray
+
+    env_address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address is None and env_address and not env_address.startswith(("http://", "https://")):
+        address = env_address
 
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:

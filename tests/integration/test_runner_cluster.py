@@ -1,0 +1,104 @@
+"""A real Ray cluster: `ray start --head` on free loopback ports, `ray job submit` of a tiny study.
+
+The job's driver is `suite run` itself; it finds the cluster through RAY_ADDRESS, which Ray
+sets inside every job. The cluster is stopped through its own processes only (found by its
+temp dir), never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from runners.cluster import stop_ray_in
+from suite.results import read_table
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster():
+    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard address, env)."""
+    temp_dir = tempfile.mkdtemp(prefix="rnc", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    dashboard = free_port()
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
+         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--temp-dir", temp_dir, "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        stop_ray_in(temp_dir)
+
+
+def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
+    address, env = cluster
+    devices = '["cpu"]' if torch.cuda.is_available() else '["cpu", "cuda"]'  # cuda on a CPU node fails
+    study = tmp_path / "onjob.toml"
+    study.write_text(textwrap.dedent(f"""
+        name = "onjob"
+        variants = ["lstm", "bn_lstm"]
+        seeds = [0]
+
+        [config]
+        model.hidden_size = 6
+        train = {{ steps = 10, eval_every = 5, batch_size = 20, reestimate_batches = 2 }}
+
+        [tasks.adding]
+        task = {{ length = 8, train_size = 100, eval_size = 40 }}
+
+        [grid]
+        "train.device" = {devices}
+
+        [resources]
+        cpu = 1
+
+        [failure]
+        max_failures = 0
+    """))
+    results = tmp_path / "shared-results"
+    suite = BIN / "suite"
+    entry = [str(suite)] if suite.exists() else [sys.executable, "-m", "suite"]
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+         *entry, "run", str(study), "--results", str(results)],
+        env=env, capture_output=True, text=True, timeout=300)
+    out = submit.stdout + submit.stderr
+    root = str(results / "onjob")
+    summary = read_table(root, "summary").to_pandas().set_index("trial_id")
+    assert summary.loc["adding-lstm-s0-device=cpu", "status"] == "finished"
+    assert summary.loc["adding-bn_lstm-s0-device=cpu", "status"] == "finished"
+    assert summary.loc["adding-bn_lstm-s0-device=cpu", "stats_mode"] == "reestimate"
+    curve = read_table(root, "curve").to_pandas()
+    assert sorted(curve[curve.trial_id == "adding-lstm-s0-device=cpu"].step.unique()) == [5, 10]
+    assert not curve.duplicated(["trial_id", "step", "split"]).any()
+    if torch.cuda.is_available():
+        assert submit.returncode == 0 and "succeeded" in out, out
+    else:  # the cuda trials failed, with their error recorded; the study went on, the job reports failure
+        for variant in ("lstm", "bn_lstm"):
+            failed = summary.loc[f"adding-{variant}-s0-device=cuda"]
+            assert failed["status"] == "failed" and "CUDA" in failed["error"], failed["error"]
+        assert "2 finished, 0 diverged, 2 failed" in out, out
+        assert submit.returncode == 1 and "failed" in out, out
