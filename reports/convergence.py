@@ -68,7 +68,7 @@ def task_target(study: Study, task: str, fraction: float = DEFAULT_FRACTION,
     trials = [t for t in study.trials.values() if t.task == task]
     if not trials:
         return None
-    mode, metric = trials[0].row["mode"], trials[0].row["metric"]
+    metric, mode = study.metric(task)
     if given is not None:
         return Target(given, f"validation {metric} {'>=' if mode == 'max' else '<='} {given:g} (given)")
     candidates = [a for a in study.arms(task) if study.trials_of(task, a)[0].variant == BASELINE]

@@ -9,7 +9,6 @@ file is a `SuiteError` that names the file. The tables are then read in one
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,8 +107,14 @@ class Study:
     curve: pa.Table | None
     lengths: pa.Table | None
     throughput: pa.Table | None
-    extra: dict[str, pa.Table] = field(default_factory=dict)
     trials: dict[str, Trial] = field(default_factory=dict)
+
+    def metric(self, task: str) -> tuple[str, str]:
+        """(metric, mode) of a task, from the first of its trials that recorded them (failed ones may not)."""
+        for t in sorted(self.trials.values(), key=lambda t: t.trial_id):
+            if t.task == task and t.row["metric"] and t.row["mode"] in ("max", "min"):
+                return t.row["metric"], t.row["mode"]
+        raise SuiteError(f"{self.path}: no summary row of task {task!r} records its metric and mode")
 
     def tasks(self) -> list[str]:
         """Tasks with at least one summarized trial, in canonical order."""
@@ -185,7 +190,3 @@ def load_study(study_dir: str | Path) -> Study:
                                                   arm, settings, row["status"] or "unknown", row["error"] or "", row)
     return study
 
-
-def finite(value: Any) -> bool:
-    """True for a real, finite number."""
-    return isinstance(value, (int, float)) and math.isfinite(value)

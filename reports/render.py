@@ -149,11 +149,11 @@ class Report:
         """All per-task sections."""
         s = self.study
         arms = s.arms(task)
-        first = s.trials_of(task, arms[0])[0].row
-        fmt = metric_format(first["metric"], first["mode"])
+        metric, mode = s.metric(task)
+        fmt = metric_format(metric, mode)
         direction = "higher is better" if fmt.higher_is_better else "lower is better"
         seeds = ", ".join(f"`{a}` n={len(s.trials_of(task, a, finished=True))}" for a in arms)
-        self.lines += [f"## Task `{task}`: {first['metric']} ({direction})", "", f"Finished seeds per arm: {seeds}.", ""]
+        self.lines += [f"## Task `{task}`: {metric} ({direction})", "", f"Finished seeds per arm: {seeds}.", ""]
         self.quality(task, arms, fmt)
         self.speed(task, arms, fmt)
         self.generalization(task, arms, fmt)
@@ -192,7 +192,7 @@ class Report:
         if target is None:
             self.lines += ["No target: no finished trial has a best validation value.", ""]
             return
-        mode = s.trials_of(task, arms[0])[0].row["mode"]
+        mode = s.metric(task)[1]
         trials = [t for a in arms for t in s.trials_of(task, a)]
         speeds = convergence.trial_speeds(self.points, {t.trial_id: (target.value, mode) for t in trials})
         per_arm = {a: convergence.arm_speed([speeds[t.trial_id] for t in s.trials_of(task, a)],
@@ -364,7 +364,7 @@ class Report:
                 rows.append([r["task"], f"`{r['variant']}`", str(r["seed"]), f"`{r['trial_id']}`", "missing",
                              "curve rows but no summary row (still running, or died before writing its summary)"])
         for t in sorted(s.trials.values(), key=lambda t: (t.task, t.arm, t.seed, t.trial_id)):
-            if t.trial_id not in curve_ids:
+            if t.trial_id not in curve_ids and t.status == "finished":
                 rows.append([t.task, f"`{t.arm}`", str(t.seed), f"`{t.trial_id}`", "missing",
                              "summary row but no curve rows"])
         for task in s.tasks():

@@ -41,11 +41,15 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--gammas must be positive numbers")
     if not 1 <= args.length <= 784 or args.hidden_size < 1 or args.batch_size < 2:
         raise ConfigError("--length must be 1..784, --hidden-size >= 1, --batch-size >= 2")
-    # Many small ops: one thread avoids oversubscription when other processes share the cores.
-    torch.set_num_threads(1)
     config = FlowConfig(args.length, args.hidden_size, args.batch_size, args.h0_noise, seed=args.seed)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    table, paths = diagnose(args.out, data_dir, gammas, config)
+    # Hundreds of small ops per step: one thread avoids oversubscription when processes share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        table, paths = diagnose(args.out, data_dir, gammas, config)
+    finally:
+        torch.set_num_threads(threads)
     a = table.filter(pc.equal(table["figure"], "1a"))
     print(f"inputs: {a['source'][0].as_py()}")
     last = config.length - 1

@@ -20,7 +20,7 @@ from reports.stats import t_cdf, t_ppf, welch_interval
 from suite.cli import main as cli
 from suite.errors import SuiteError
 from suite.results import CURVE, SUMMARY, to_table, write_table
-from tests.unit.report_fixtures import PTB, SMNIST, STEPS, benchmark_json, write_gradient_flow, write_study
+from tests.unit.report_fixtures import PTB, SMNIST, benchmark_json, write_gradient_flow, write_study
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report_small.md"
 T4 = 2.7764451051977987  # t_{0.975, 4} (textbook tables: 2.776)
