@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("suite.commands.report", "write a study's markdown report with figures"),
     "diagnose": ("suite.commands.diagnose", "diagnostics: gradient flow at initialization (paper Figure 1)"),
     "data": ("suite.commands.data", "prepare task data (download, verify, cache) or show its status"),
+    "bench": ("suite.commands.bench", "time every variant against cudnn_lstm; write the throughput table"),
 }
 
 

@@ -51,7 +51,10 @@ SHAPES: dict[str, Shape] = {
     "smnist": Shape("smnist", 784, 100, 1, 100, cpu_rounds=3),
     "ptb": Shape("ptb", 100, 64, 50, 1000, one_hot=True, cpu_rounds=3),
     "ptb256": Shape("ptb256", 100, 64, 50, 256, one_hot=True, cpu_rounds=5),
+    # Seconds for everything: a smoke test of the machinery, not a measurement.
+    "tiny": Shape("tiny", 20, 8, 3, 8, cpu_rounds=3),
 }
+PAPER_SHAPES = ("smnist", "ptb", "ptb256")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 
 from suite import throughput as tp
 
-CASES = list(tp.grid(None, list(tp.SHAPES), list(tp.DIRECTIONS)))
+CASES = list(tp.grid(None, list(tp.PAPER_SHAPES), list(tp.DIRECTIONS)))
 IDS = [f"{shape.name}-{direction}-{entry.label}" for entry, shape, direction in CASES]
 GPU_ROUNDS = 10
 
