@@ -314,3 +314,29 @@ def test_paper_studies_resolve_with_the_paper_settings():
     assert paper.resources.gpu == 1
     smoke = load_study(root / "paper-cnn-qa-smoke.toml")
     assert smoke.resources.gpu == 0 and all(t.config.model.hidden_size <= 32 for t in smoke.trials())
+
+
+@pytest.mark.slow
+def test_cache_build_rate_and_load_time_at_10k_files(tmp_path: Path):
+    """The measurement quoted in the issue's closing note: 10,000 files of about the real length."""
+    import time
+
+    root = tmp_path / "big"
+    counts = {"train": 9000, "valid": 500, "test": 500}
+    write_questions(root, counts, seed=9, sentences=120)  # ~120 sentences: about 750 tokens, like CNN
+    archive = write_archive(tmp_path / "cnn.tgz", root / "questions")
+    rates = {}
+    for name, source in (("folder", root), ("archive", archive)):
+        started = time.perf_counter()
+        task(tmp_path / name, source).prepare()
+        rates[name] = sum(counts.values()) / (time.perf_counter() - started)
+    loads = []
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        t = task(tmp_path / "folder", root)
+        t.prepare()
+        next(iter(t.loader("train", 64, 0)))
+        loads.append(time.perf_counter() - started)
+    print(f"\ncache build: {rates['folder']:.0f} files/s from the folder, {rates['archive']:.0f} files/s "
+          f"from cnn.tgz; trial load + first batch: {min(loads) * 1000:.0f} ms")
+    assert min(rates.values()) > 200 and min(loads) < 2.0
