@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from suite.cells.norms import Identity
+from suite.cells.norms import ACCUMULATE, BATCH, POPULATION, TRAIN, Identity, LayerNorm, StepBatchNorm
 from suite.errors import ConfigError
 from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs
 
@@ -95,7 +95,7 @@ class LoopRecurrent(Recurrent):
         """Same contract as Recurrent.forward; falls back to it for `lengths` and in-loop norms."""
         x = input.transpose(0, 1) if self.batch_first else input
         if (lengths is not None or self.num_directions != 1
-                or not all(supports_loop(layer) for layer in self.layers)):
+                or not all(supports_norm_loop(layer, x.shape[1]) for layer in self.layers)):
             return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
         check_inputs(x, hx, None, self.input_size, self.hidden_size, self.num_layers)
         h0s, c0s = _initial_states(self, hx, x.shape[1])
@@ -103,7 +103,8 @@ class LoopRecurrent(Recurrent):
         for index, layer in enumerate(self.layers):
             if index > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x, (h, c) = loop_layer(layer, x, h0s[index], c0s[index], time_offset)
+            run = loop_layer if supports_loop(layer) else norm_loop_layer
+            x, (h, c) = run(layer, x, h0s[index], c0s[index], time_offset)
             h_n.append(h)
             c_n.append(c)
         output = x.transpose(0, 1) if self.batch_first else x
@@ -113,6 +114,12 @@ class LoopRecurrent(Recurrent):
 def supports_loop(layer: nn.Module) -> bool:
     """True when `LSTMLoop` computes this layer exactly (no norm inside the recurrence)."""
     return isinstance(layer, LSTMLayer) and isinstance(layer.norm_h, Identity) and isinstance(layer.norm_c, Identity)
+
+
+def supports_norm_loop(layer: nn.Module, batch: int) -> bool:
+    """True when `LSTMLoop` or `NormLoop` computes this layer exactly in its current statistics mode."""
+    return supports_loop(layer) or (isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch)
+                                    and _norm_supported(layer.norm_c, batch))
 
 
 def _gate_scale(hidden: int, like: torch.Tensor) -> torch.Tensor:
@@ -197,3 +204,170 @@ class LSTMLoop(torch.autograd.Function):
         d_h0 = d_gates[0].mm(w) if ctx.needs_input_grad[2] else None
         d_c0 = dc * f[0] if ctx.needs_input_grad[3] else None
         return d_gates, d_w, d_h0, d_c0
+
+
+# --- norms inside the recurrence: bn_lstm, ln_lstm ----------------------------------------------
+
+class _StepNorm:
+    """One in-loop norm (norm_h or norm_c) as forward/backward kernels over (B, C) steps.
+
+    Batch norm uses torch's native kernels with statistics of step t (row min(t, T_max - 1));
+    in TRAIN mode the kernel updates that row of the running averages in place, exactly the
+    reference's rule (momentum, unbiased variance, rows beyond T_max updated step after step).
+    Layer norm uses the native layer-norm kernels. Identity passes through.
+    """
+
+    def __init__(self, norm: nn.Module, time_offset: int):
+        self.norm, self.offset = norm, time_offset
+        self.kind = "bn" if isinstance(norm, StepBatchNorm) else "ln" if isinstance(norm, LayerNorm) else "id"
+        if self.kind == "bn":
+            mode = norm.mode()
+            self.train = mode in (TRAIN, BATCH)
+            self.update = mode == TRAIN
+            self.eps, self.momentum = norm.eps, norm.momentum
+        elif self.kind == "ln":
+            self.eps = norm.eps
+
+    def _row(self, t: int) -> int:
+        return min(self.offset + t, self.norm.t_max - 1)
+
+    def forward(self, z: torch.Tensor, t: int, weight, bias):
+        """Normalized z and what backward needs."""
+        if self.kind == "id":
+            return z, None
+        if self.kind == "ln":
+            out, mean, rstd = torch.native_layer_norm(z, [z.shape[1]], weight, bias, self.eps)
+            return out, (mean, rstd)
+        row = self._row(t)
+        rm, rv = self.norm.running_mean[row], self.norm.running_var[row]
+        use_rm = rm if (self.update or not self.train) else None
+        use_rv = rv if (self.update or not self.train) else None
+        out, mean, invstd = torch.native_batch_norm(z, weight, bias, use_rm, use_rv, self.train,
+                                                    self.momentum, self.eps)
+        return out, (mean, invstd, rm, rv)
+
+    def backward(self, d_out: torch.Tensor, z: torch.Tensor, saved, weight, bias):
+        """(dz, dweight, dbias) of one step."""
+        if self.kind == "id":
+            return d_out, None, None
+        mask = [True, weight is not None, bias is not None]
+        if self.kind == "ln":
+            mean, rstd = saved
+            return torch.ops.aten.native_layer_norm_backward(d_out, z, [z.shape[1]], mean, rstd, weight, bias, mask)
+        mean, invstd, rm, rv = saved
+        return torch.ops.aten.native_batch_norm_backward(d_out, z, weight, rm, rv, mean, invstd, self.train,
+                                                         self.eps, mask)
+
+
+def _norm_supported(norm: nn.Module, batch: int) -> bool:
+    if isinstance(norm, Identity | LayerNorm):
+        return True
+    return (isinstance(norm, StepBatchNorm) and norm.per_step and norm.mode() != ACCUMULATE
+            and (batch > 1 or norm.mode() == POPULATION))
+
+
+def _param(norm: nn.Module, name: str) -> torch.Tensor | None:
+    return getattr(norm, name, None) if not isinstance(norm, Identity) else None
+
+
+def norm_loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
+    """One layer with norms inside the recurrence: norm_x(W_x x) + b vectorized, then `NormLoop`."""
+    xg = layer.norm_x.sequence(nn.functional.linear(x, layer.weight_ih), None, time_offset) + layer.bias
+    norm_h, norm_c = _StepNorm(layer.norm_h, time_offset), _StepNorm(layer.norm_c, time_offset)
+    params = [_param(layer.norm_h, "weight"), _param(layer.norm_h, "bias"),
+              _param(layer.norm_c, "weight"), _param(layer.norm_c, "bias")]
+    present = [p for p in params if p is not None]
+    out, h, c = NormLoop.apply(norm_h, norm_c, [p is not None for p in params], xg, layer.weight_hh, h0, c0,
+                               *present)
+    return out, (h, c)
+
+
+class NormLoop(torch.autograd.Function):
+    """LSTM recurrence with norm_h on W_h h_{t-1} and norm_c on c_t (Cooijmans et al. 2016, Eq. 6-8).
+
+    gates_t = xg_t + norm_h(h_{t-1} W_h^T); c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g);
+    h_t = sigmoid(o) tanh(norm_c(c_t)). Hand-derived backward with the native norm backward
+    kernels; the W_h gradient is one matrix multiply over all steps.
+    """
+
+    @staticmethod
+    def forward(ctx, norm_h, norm_c, has, xg, w, h0, c0, *present):
+        it = iter(present)
+        wh, bh, wc, bc = (next(it) if flag else None for flag in has)
+        steps, batch, four_h = xg.shape
+        hidden = four_h // 4
+        z = torch.empty_like(xg)  # W_h h_{t-1}, the input of norm_h
+        acts = torch.empty_like(xg)  # sigmoid(i, f, o) and tanh(g)
+        hs = xg.new_empty(steps + 1, batch, hidden)
+        cs = xg.new_empty(steps + 1, batch, hidden)
+        tanh_cn = xg.new_empty(steps, batch, hidden)
+        hs[0], cs[0] = h0, c0
+        saved_h, saved_c = [], []
+        w_t = w.t()
+        for t in range(steps):
+            torch.mm(hs[t], w_t, out=z[t])
+            zn, s_h = norm_h.forward(z[t], t, wh, bh)
+            a = acts[t]
+            torch.add(xg[t], zn, out=a)
+            i, f, g, o = a.chunk(4, 1)
+            a[:, :2 * hidden].sigmoid_()
+            g.tanh_()
+            o.sigmoid_()
+            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+            cn, s_c = norm_c.forward(cs[t + 1], t, wc, bc)
+            torch.tanh(cn, out=tanh_cn[t])
+            torch.mul(o, tanh_cn[t], out=hs[t + 1])
+            saved_h.append(s_h)
+            saved_c.append(s_c)
+        ctx.norms, ctx.has, ctx.saved_stats = (norm_h, norm_c), has, (saved_h, saved_c)
+        ctx.save_for_backward(z, acts, hs, cs, tanh_cn, w, *present)
+        return hs[1:], hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        z, acts, hs, cs, tanh_cn, w, *present = ctx.saved_tensors
+        it = iter(present)
+        wh, bh, wc, bc = (next(it) if flag else None for flag in ctx.has)
+        norm_h, norm_c = ctx.norms
+        saved_h, saved_c = ctx.saved_stats
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        i, f, g, o = acts.chunk(4, 2)
+        # Step-independent factors (see LSTMLoop.backward).
+        deriv = acts * (1.0 - acts)
+        deriv[..., 2 * hidden:3 * hidden] = 1.0 - g * g
+        partner = torch.cat([g, cs[:-1], i, tanh_cn], dim=2).mul_(deriv)
+        q = o * (1.0 - tanh_cn * tanh_cn)  # d c_n from d h
+        d_gates = torch.empty_like(acts)
+        d_z = torch.empty_like(acts)
+        grads = {"wh": None, "bh": None, "wc": None, "bc": None}
+        dh = d_hn.clone()
+        dc = d_cn.clone()
+
+        def add(key, value):
+            if value is not None:
+                grads[key] = value.clone() if grads[key] is None else grads[key].add_(value)
+
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                dh.add_(d_out[t])
+            else:
+                dh = torch.addmm(d_out[t], d_z[t + 1], w)
+                dc.mul_(f[t + 1])
+            d_cn_t = dh * q[t]
+            dc_norm, dwc, dbc = norm_c.backward(d_cn_t, cs[t + 1], saved_c[t], wc, bc)
+            dc.add_(dc_norm)
+            add("wc", dwc)
+            add("bc", dbc)
+            torch.mul(partner[t, :, :3 * hidden].view(batch, 3, hidden), dc.unsqueeze(1),
+                      out=d_gates[t, :, :3 * hidden].view(batch, 3, hidden))
+            torch.mul(partner[t, :, 3 * hidden:], dh, out=d_gates[t, :, 3 * hidden:])
+            dz, dwh, dbh = norm_h.backward(d_gates[t], z[t], saved_h[t], wh, bh)
+            d_z[t].copy_(dz)
+            add("wh", dwh)
+            add("bh", dbh)
+        d_w = d_z.view(steps * batch, four_h).t().mm(hs[:-1].reshape(steps * batch, hidden))
+        d_h0 = d_z[0].mm(w)
+        d_c0 = dc * f[0]
+        extra = [grads[k] for k, flag in zip(("wh", "bh", "wc", "bc"), ctx.has) if flag]
+        return (None, None, None, d_gates, d_w, d_h0, d_c0, *extra)

@@ -13,7 +13,8 @@ from torch import nn
 from suite.cells import register
 from suite.cells.norms import StepBatchNorm
 from suite.errors import ConfigError
-from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+from suite.fused import LoopRecurrent, stack_class
+from suite.recurrent import LSTMLayer, LSTMOptions
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class BNOptions(LSTMOptions):
     # Statistics of the input term W_x x_t: "per_step" (Section 3), or "sequence", shared over
     # time and batch (Laurent et al. 2016), as in the paper's BN-e* on CNN QA (Section 5.4).
     statistics: str = "per_step"
+    impl: str = "reference"  # or "fast": suite.fused.LoopRecurrent, same parameters
 
 
 def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) -> StepBatchNorm:
@@ -48,4 +50,5 @@ def build_bn_lstm(input_size: int, hidden_size: int, num_layers: int, batch_firs
                          norm_h=step_bn(4 * hidden_size, options, bias=False),
                          norm_c=step_bn(hidden_size, options, bias=True))
 
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)
+    stack = stack_class(options.impl, LoopRecurrent, "bn_lstm")
+    return stack(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

@@ -22,7 +22,6 @@ class VerticalBNOptions(BNOptions):
     """BN options plus where the statistics come from: "per_step" or "sequence"."""
 
     statistics: str = "per_step"
-    impl: str = "reference"  # or "fast": suite.fused.LoopRecurrent, same parameters
 
 
 @register("bn_vertical", VerticalBNOptions, "BN on W_x x only (Laurent et al. 2016)")

@@ -8,7 +8,8 @@ from torch import nn
 
 from suite.cells import register
 from suite.cells.norms import LayerNorm
-from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent
+from suite.fused import LoopRecurrent, stack_class
+from suite.recurrent import LSTMLayer, LSTMOptions
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class LNOptions(LSTMOptions):
 
     gain_init: float = 1.0
     eps: float = 1e-5
+    impl: str = "reference"  # or "fast": suite.fused.LoopRecurrent, same parameters
 
 
 @register("ln_lstm", LNOptions, "layer norm on W_x x, W_h h and c_t (Ba et al. 2016)")
@@ -30,4 +32,5 @@ def build_ln_lstm(input_size: int, hidden_size: int, num_layers: int, batch_firs
                          norm_h=LayerNorm(4 * hidden_size, g, eps, bias=False),
                          norm_c=LayerNorm(hidden_size, g, eps, bias=True))
 
-    return Recurrent(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)
+    stack = stack_class(options.impl, LoopRecurrent, "ln_lstm")
+    return stack(input_size, hidden_size, num_layers, batch_first, dropout, layer, bidirectional=bidirectional)

@@ -17,7 +17,8 @@ from suite.errors import ConfigError
 from suite.fused import FusedRecurrent, LoopRecurrent, LSTMLoop
 from suite.recurrent import Recurrent
 
-FAST = ["lstm", "wn_lstm", "bn_vertical"]
+FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
+BN = ["bn_vertical", "bn_lstm"]
 T, B, F, H = 7, 5, 3, 4
 
 
@@ -108,9 +109,10 @@ def test_dropout_between_layers(name):
     assert not torch.allclose(a, b)  # dropout is active in training
 
 
+@pytest.mark.parametrize("name", BN)
 @pytest.mark.parametrize("statistics", ["per_step", "sequence"])
-def test_bn_vertical_statistics_in_every_mode(statistics):
-    ref, fast = pair("bn_vertical", num_layers=2, statistics=statistics, t_max=4)  # steps beyond T_max too
+def test_bn_statistics_in_every_mode(name, statistics):
+    ref, fast = pair(name, num_layers=2, statistics=statistics, t_max=4)  # steps beyond T_max too
     for _ in range(2):
         assert_same(ref, fast, inputs(), time_offset=1)  # running averages updated identically
     assert not torch.equal(batch_norms(fast)[0].running_mean, torch.zeros_like(batch_norms(fast)[0].running_mean))
@@ -139,6 +141,23 @@ def test_float32_error_is_small(name):
     assert fast_error < max(1e-5, 10 * ref_error), (fast_error, ref_error)
 
 
+@pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
+def test_norm_loop_gradcheck(name):
+    """gradcheck of the hand-written backward through norm_h and norm_c (batch statistics)."""
+    _, fast = pair(name, num_layers=1)
+    x = inputs().requires_grad_(True)
+    h0 = torch.randn(1, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, B, H, dtype=torch.float64, requires_grad=True)
+    with statistics_mode(fast, BATCH):
+        assert torch.autograd.gradcheck(lambda *a: fast(a[0], (a[1], a[2]))[0], (x, h0, c0))
+
+
+def test_batch_of_one_falls_back():
+    """Batch statistics of one example are the reference's business (native BN refuses them)."""
+    ref, fast = pair("bn_lstm")
+    assert_same(ref, fast, inputs()[:, :1])
+
+
 def test_lstm_loop_gradcheck():
     gen = torch.Generator().manual_seed(2)
     args = [torch.randn(s, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -160,9 +179,10 @@ def saved_bytes(model, x) -> int:
     return sum(storages.values())
 
 
-def test_loop_memory_within_budget():
-    """The hand-written loop saves at most 1.5x the reference's activations (issue 6, Memory)."""
-    ref, fast = pair("bn_vertical", torch.float32)
+@pytest.mark.parametrize("name", ["bn_vertical", "bn_lstm", "ln_lstm"])
+def test_loop_memory_within_budget(name):
+    """The hand-written loops save at most 1.5x the reference's activations (issue 6, Memory)."""
+    ref, fast = pair(name, torch.float32)
     x = torch.randn(50, 16, F)
     assert saved_bytes(fast, x) <= 1.5 * saved_bytes(ref, x)
 
