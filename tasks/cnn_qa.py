@@ -331,7 +331,8 @@ class CNNQA(Task):
         return Score(float(loss), float(wrong.sum()), float(batch.targets.numel()))
 
     def describe(self) -> dict[str, Any]:
-        """Options that shape the data, the source, sizes, and how many questions are answerable at all."""
+        """Options that shape the data, the source, sizes, and the share of questions whose answer is in
+        the (top-k filtered, not max_doc_len-truncated) document: one minus the lowest reachable error."""
         facts: dict[str, Any] = {"top_sentences": self.options.top_sentences, "vocab_cap": self.options.vocab_size,
                                  "max_questions": self.options.max_questions, "max_doc_len": self.options.max_doc_len}
         if self._data is not None:

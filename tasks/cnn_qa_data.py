@@ -15,6 +15,10 @@ half-written ever becomes visible): document tokens with offsets, question token
 offsets, each question's document and answer (and whether the answer is in the document). Token ids: 0 padding, 1 unknown,
 2 `@placeholder`, 3 + N for `@entityN`, then words by decreasing training frequency.
 
+The cache is keyed by the archive's size and modification time, or by those of the three split
+folders, which change when files are added, removed or renamed (not when one is edited in
+place: delete the cache directory then).
+
 `top_sentences = k` keeps, per question, the k context sentences that share the most
 distinct words with the question, in document order (the paper's "top-4" variant of the
 task, Cooijmans et al. 2016, Section 5.4 and Appendix C); the answer may then be absent.
