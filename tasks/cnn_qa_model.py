@@ -14,6 +14,7 @@ normalizes "each term going into the tanh nonlinearities". N_ym sees every unpad
 of every document: its statistics are per position (like the recurrent terms) or, with
 `sequence_statistics` (BN-e*), shared over positions and batch, as the input terms of the
 recurrent variant are then too. Padded positions enter no statistic and get attention 0.
+`model.dropout` drops embedding units too (the recurrent stack applies it between layers).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from suite import variants
 from suite.cells.norms import Identity, StepBatchNorm
@@ -49,7 +51,7 @@ class AttentiveReader(nn.Module):
         hidden, layers = config.hidden_size, config.num_layers
         directions = 2 if config.bidirectional else 1
         size = hidden * directions
-        self.directions = directions
+        self.directions, self.dropout = directions, config.dropout
         self.embed = nn.Embedding(task.vocab_size, opts.embed_size, padding_idx=0)
         self.doc_rnn = variants.build(
             config.variant, opts.embed_size, hidden, layers, dropout=config.dropout,
@@ -77,11 +79,15 @@ class AttentiveReader(nn.Module):
         else:
             self.n_ym, self.n_um, self.n_rg, self.n_ug = Identity(), Identity(), Identity(), Identity()
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Word embeddings, with `model.dropout` applied to them in training (as between layers)."""
+        return F.dropout(self.embed(tokens), self.dropout, self.training)
+
     def read(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over entities (B, E), non-candidates at the lowest finite value, and the attention (T, B)."""
         doc, lengths = batch.inputs, batch.lengths
-        y, _ = self.doc_rnn(self.embed(doc), lengths=lengths)
-        _, (h_q, _) = self.query_rnn(self.embed(batch.query), lengths=batch.query_lengths)
+        y, _ = self.doc_rnn(self._embed(doc), lengths=lengths)
+        _, (h_q, _) = self.query_rnn(self._embed(batch.query), lengths=batch.query_lengths)
         u = torch.cat(list(h_q[-self.directions:]), dim=-1)  # top layer: forward end, backward start
         mask = torch.arange(doc.shape[0], device=doc.device).unsqueeze(1) < lengths.unsqueeze(0)
         m = torch.tanh(self.n_ym.sequence(self.w_ym(y), mask) + self.n_um.step(self.w_um(u), 0, None) + self.b_m)

@@ -150,6 +150,17 @@ def test_bn_options_reach_the_encoders_and_the_attention(source, data_dir):
     assert not batch_norms(lstm)
 
 
+def test_model_dropout_reaches_the_embeddings(source, data_dir):
+    task, config, _ = make(source, data_dir, "lstm")
+    config = config.replace(model=type(config.model)(**{**vars(config.model), "dropout": 0.5}))
+    model = task.build_model(config.model)
+    batch = task.batch("valid", np.arange(4))
+    model.train()
+    assert not torch.equal(model(batch)[0], model(batch)[0])
+    model.eval()
+    torch.testing.assert_close(model(batch)[0], model(batch)[0])
+
+
 @pytest.mark.parametrize("variant", variants.names())
 def test_every_variant_trains_as_bn_e_star_star(source, data_dir, variant):
     task, config, _ = make(source, data_dir, variant, bidirectional=True, attention_bn=True,
