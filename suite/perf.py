@@ -6,9 +6,9 @@ time, and a freed heap top is trimmed back to the OS, so every batch page-faults
 in again. Keeping everything on the heap (`M_MMAP_MAX = 0`) and trimming only very large free
 tops (`M_TRIM_THRESHOLD`) removes that; the measurement is in README.md ("Speed").
 
-`apply_malloc_tuning()` sets this in the running process through `mallopt` (the `suite` CLI
-calls it); `malloc_env()` returns the `GLIBC_TUNABLES` equivalent for child processes and
-Ray workers (`runtime_env={"env_vars": malloc_env()}`). `RECNORM_MALLOC_TUNING=0` turns both off.
+`apply_malloc_tuning()` sets this in the running process through `mallopt`; `suite.train.fit`
+calls it, so `suite train` and every Ray Tune trial run tuned. `malloc_env()` returns the
+`GLIBC_TUNABLES` equivalent for other child processes. `RECNORM_MALLOC_TUNING=0` turns both off.
 """
 
 from __future__ import annotations

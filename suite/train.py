@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from suite import perf
 from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.config import OptimConfig, RunConfig, TrainConfig
 from suite.errors import ConfigError
@@ -161,6 +162,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     with its summary and test metrics.
     """
     train = config.train
+    perf.apply_malloc_tuning()  # every training process, Ray workers included (README, Speed)
     device = pick_device(train.device)
     seed_everything(train.seed)
     task.prepare()

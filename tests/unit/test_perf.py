@@ -1,0 +1,106 @@
+"""`suite bench` (the throughput table) and the malloc settings of suite/perf.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from suite import perf
+from suite.cli import main
+from suite.results import read_table
+
+
+def test_bench_writes_the_throughput_table(tmp_path, capsys):
+    code = main(["bench", "--shape", "tiny", "--variants", "lstm", "bn_vertical", "--rounds", "2",
+                 "--results", str(tmp_path), "--name", "smoke", "--threads", "1"])
+    assert code == 0
+    rows = read_table(str(tmp_path / "smoke"), "throughput").to_pylist()
+    labels = {(r["variant"], r["direction"]) for r in rows}
+    want = {"cudnn_lstm", "lstm[reference]", "lstm[fast]", "bn_vertical[reference]", "bn_vertical[fast]"}
+    assert labels == {(v, d) for v in want for d in ("fwd+bwd", "fwd")}
+    for row in rows:
+        assert row["seconds_median"] > 0 and row["seconds_min"] <= row["seconds_median"]
+        assert row["rounds"] == 2 and row["steps"] == 20 and row["hidden_size"] == 8
+        assert json.loads(row["env_json"])["torch_threads"] == 1
+        if row["variant"] == "cudnn_lstm":
+            assert row["ratio_to_cudnn"] == 1.0
+        if sys.platform == "linux":
+            assert row["peak_memory_bytes"] is not None
+    assert "bn_vertical[fast]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "nope"], "unknown variant"),
+    (["--rounds", "0"], "--rounds must be"),
+])
+def test_bench_rejects_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(["bench", "--shape", "tiny", "--results", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
+
+
+def test_malloc_env_merges_and_switches_off(monkeypatch):
+    monkeypatch.delenv(perf.ENV_VAR, raising=False)
+    env = perf.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.mmap_max=5"})
+    items = env["GLIBC_TUNABLES"].split(":")
+    assert "glibc.malloc.arena_max=2" in items and "glibc.malloc.mmap_max=5" in items  # the user's wins
+    assert f"glibc.malloc.trim_threshold={perf.TRIM_THRESHOLD}" in items
+    monkeypatch.setenv(perf.ENV_VAR, "0")
+    assert perf.malloc_env({}) == {perf.ENV_VAR: "0"}
+    assert perf.apply_malloc_tuning() is False and perf.malloc_tuning_state() == "disabled"
+
+
+# Frees and re-allocates a 16 MiB tensor; counts the minor page faults that costs.
+PROBE = textwrap.dedent("""
+    import json, resource, sys, torch
+    from suite import perf
+    if sys.argv[1] == "mallopt":
+        perf.apply_malloc_tuning()
+    for _ in range(10):  # warm-up: the heap settles over the first few rounds
+        x = torch.ones(4 * 2**20)
+        del x
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        x = torch.ones(4 * 2**20)
+        del x
+    print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
+                      "state": perf.malloc_tuning_state()}))
+""")
+
+
+def probe(mode: str, env: dict[str, str]) -> dict:
+    full = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", perf.ENV_VAR)} | env
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], env=full, capture_output=True, text=True,
+                          check=True, timeout=120)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_malloc_settings_stop_page_faults_in_this_process_and_in_children():
+    default = probe("none", {})
+    in_process = probe("mallopt", {})
+    child = probe("none", perf.malloc_env({}))
+    assert default["state"] == "default" and in_process["state"] == "mallopt" and child["state"] == "tunables"
+    # Default glibc unmaps the freed 16 MiB block and faults it in again each time (~4k faults).
+    assert default["faults"] > 20_000
+    assert in_process["faults"] < default["faults"] / 20 and child["faults"] < default["faults"] / 20
+
+
+def test_fit_applies_the_malloc_settings(monkeypatch):
+    """Every training process (suite train, Ray trials) goes through fit, which tunes malloc."""
+    from suite.config import load_run_config
+    from suite.train import fit
+    from tasks.base import create
+
+    calls = []
+    monkeypatch.setattr(perf, "apply_malloc_tuning", lambda: calls.append(1) or True)
+    config = load_run_config(overrides=["task.name=\"adding\"", "task.length=5", "model.hidden_size=4",
+                                        "train.steps=1", "train.eval_every=1", "train.batch_size=4"])
+    task = create(config.task.name, config.task.options, None, None)
+    assert fit(task, config).status == "finished"
+    assert calls
