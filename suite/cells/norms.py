@@ -138,17 +138,24 @@ class StepBatchNorm(nn.Module):
             seen = count > 0
             if mode == TRAIN:
                 unbiased = var * count / (count - 1).clamp(min=1)
-                new_mean = torch.lerp(self.running_mean[rows], mean, self.momentum)
-                new_var = torch.lerp(self.running_var[rows], unbiased, self.momentum)
-                # Rows repeat when t >= T_max: index_copy_ keeps the last step's update for that row.
-                self.running_mean.index_copy_(0, rows, torch.where(seen, new_mean, self.running_mean[rows]))
-                self.running_var.index_copy_(0, rows, torch.where(seen, new_var, self.running_var[rows]))
+                # Steps past T_max all share the last row; rows before it are distinct.
+                repeats = int((rows == self.t_max - 1).sum()) if self.per_step else 1
+                distinct = len(rows) - max(repeats - 1, 0)
+                self._update_running(rows[:distinct], mean[:distinct], unbiased[:distinct], seen[:distinct])
+                for i in range(distinct, len(rows)):  # one step at a time, in order, as a step loop would
+                    self._update_running(rows[i:i + 1], mean[i:i + 1], unbiased[i:i + 1], seen[i:i + 1])
                 return
             n, s1, s2 = self._sums
             d = torch.float64
             n.index_add_(0, rows, count.to(d))
             s1.index_add_(0, rows, (mean * count).to(d))
             s2.index_add_(0, rows, ((var + mean * mean) * count).to(d))
+
+    def _update_running(self, rows, mean, var, seen) -> None:
+        """Move the running averages of distinct `rows` toward (mean, var), where that step had data."""
+        for buffer, value in ((self.running_mean, mean), (self.running_var, var)):
+            old = buffer[rows]
+            buffer.index_copy_(0, rows, torch.where(seen, torch.lerp(old, value, self.momentum), old))
 
     def start_estimate(self) -> None:
         """Begin an exact re-estimate of the population statistics from the next batches."""

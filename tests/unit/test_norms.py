@@ -182,3 +182,22 @@ def test_unknown_statistics_mode(mode):
     with pytest.raises(ValueError, match="unknown statistics mode"):
         with statistics_mode(torch.nn.Linear(1, 1), mode):
             pass
+
+
+def test_steps_past_t_max_update_the_last_row_in_order_and_padding_never():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 2)
+    vectorized = StepBatchNorm(2, t_max=3, gamma_init=1.0, eps=1e-5, momentum=0.3, bias=False)
+    stepwise = StepBatchNorm(2, t_max=3, gamma_init=1.0, eps=1e-5, momentum=0.3, bias=False)
+    vectorized.sequence(x, None)
+    for t in range(6):
+        stepwise.step(x[t], t, None)
+    torch.testing.assert_close(vectorized.running_mean, stepwise.running_mean)
+    torch.testing.assert_close(vectorized.running_var, stepwise.running_var)
+    # two fully padded steps past T_max leave the statistics as the real steps left them
+    padded = StepBatchNorm(2, t_max=3, gamma_init=1.0, eps=1e-5, momentum=0.3, bias=False)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    mask[6:] = False
+    padded.sequence(torch.cat([x, torch.randn(2, 5, 2)]), mask)
+    torch.testing.assert_close(padded.running_mean, vectorized.running_mean)
+    torch.testing.assert_close(padded.running_var, vectorized.running_var)
