@@ -10,6 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread for tests: their tiny tensors run faster without intra-op threads, and Ray
+    workers started by the tests need the other core. Benchmarks keep torch's default."""
+    if not config.getoption("benchmark_only", default=False):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """Keep tests/bench out of the default run; `pytest tests/bench --benchmark-only` runs it."""
     if "bench" in collection_path.parts and not config.getoption("benchmark_only", default=False):
