@@ -175,7 +175,13 @@ def _arms(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], 
 
 def load_study(study_dir: str | Path) -> Study:
     """Read and check every table of a study directory; SuiteError when it holds no results."""
-    path = Path(study_dir)
+    text = str(study_dir)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise SuiteError(f"{text}: suite report reads a local study directory; copy the study there first "
+                         f"(e.g. `aws s3 sync` / `gsutil rsync`)")
+    path = Path(text)
     if not path.is_dir():
         raise SuiteError(f"{path}: no such study directory")
     tables = {name: read_folder(path / name, schema) for name, schema in TABLES.items()}

@@ -200,6 +200,8 @@ def test_malformed_and_mismatched_tables(tmp_path):
     assert cli(["report", str(study), "--out", str(report)]) == 0
     assert cli(["report", str(study), "--benchmark-json", str(study / "nope.json")]) == 2
     assert cli(["report", str(tmp_path / "no-such-study")]) == 2
+    assert cli(["report", "s3://bucket/study"]) == 2  # remote studies are copied locally first
+    assert cli(["report", str(study), "--target", "smnist"]) == 2
 
 
 def test_million_curve_rows(tmp_path, capsys):
@@ -233,3 +235,14 @@ def test_million_curve_rows(tmp_path, capsys):
     assert "| `lstm` | 20/20 |" in out.read_text()
     with capsys.disabled():
         print(f"\nreport of 1,000,000 curve rows ({trials} trials): {seconds:.2f} s")
+
+
+def test_given_target(tmp_path):
+    from reports.render import render
+
+    text = render(write_study(tmp_path), tmp_path / "r.md", targets={"smnist": 0.9})
+    assert "Target: accuracy % 90.00, i.e. validation accuracy >= 0.9 (given)." in text
+    smnist = text.split("## Task `smnist`")[1]
+    # 0.90 counts as reached (>=): bn_lstm seed 2 now reaches it at step 200.
+    assert row(smnist, "`bn_lstm`", "### Convergence speed")[1:3] == ["3/4", "200 [200–200]"]
+    assert row(smnist, "`lstm`", "### Convergence speed")[1:3] == ["3/3", "300 [300–400]"]
