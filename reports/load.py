@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -187,8 +188,11 @@ def load_study(study_dir: str | Path) -> Study:
     tables = {name: read_folder(path / name, schema) for name, schema in TABLES.items()}
     if tables["summary"] is None and tables["curve"] is None:
         raise SuiteError(f"{path}: no summary or curve tables (expected {path}/summary/*.parquet)")
-    study = Study(path.resolve().name, path, tables["summary"], tables["curve"], tables["lengths"],
-                  tables["throughput"])
+    # The study's own name as the runner recorded it, else the directory's name.
+    recorded = sorted({n for t in (tables["summary"], tables["curve"]) if t is not None
+                       for n in pc.unique(t["study"]).to_pylist() if n})
+    name = recorded[0] if len(recorded) == 1 else path.resolve().name
+    study = Study(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"])
     if study.summary is not None:
         rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):

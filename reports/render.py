@@ -314,12 +314,14 @@ class Report:
             machine = "; ".join(f"{k} {v}" for k, v in b.machine) or "not recorded"
             self.lines += [f"## Throughput (pytest-benchmark `{b.source}`)", "", f"Machine: {machine}.", ""]
 
-            def extra(value):
-                return f"{value:.3g}" if isinstance(value, float) else str(value)
-            self.lines += _table(["group", "benchmark", "median ms", "min ms", "rounds", "extra"],
+            def extra(entry, key, scale=1.0, spec=".2f"):
+                value = dict(entry.extra).get(key)
+                return format(value * scale, spec) if isinstance(value, (int, float)) else DASH
+            self.lines += _table(["group", "benchmark", "median ms", "min ms", "rounds", "ratio to cudnn_lstm",
+                                  "peak MiB"],
                                  [[x.group or DASH, x.name, f"{x.median * 1e3:.2f}", f"{x.minimum * 1e3:.2f}",
-                                   str(x.rounds), ", ".join(f"{k}={extra(v)}" for k, v in x.extra) or DASH]
-                                  for x in b.benchmarks])
+                                   str(x.rounds), extra(x, "ratio_to_cudnn"),
+                                   extra(x, "peak_memory_bytes", 2.0**-20, ".1f")] for x in b.benchmarks])
             self.lines.append("")
 
     def gradient_flow_section(self) -> None:
