@@ -26,7 +26,7 @@ VARIANT_ORDER = ["lstm", "cudnn_lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_
 TASK_ORDER = ["smnist", "pmnist", "sfmnist", "ptb_char", "text8", "adding", "copy"]
 BASELINE = "lstm"
 # Config keys that never tell two arms of a study apart (per-trial or per-machine values).
-_IGNORED_KEYS = ("data.", "train.device", "task_facts", "model.variant", "task.name")
+_IGNORED_KEYS = ("data.", "train.device", "task_facts", "model.variant", "task.name", "grid.")
 
 
 def ordered(names, order: list[str]) -> list[str]:
@@ -147,28 +147,38 @@ class Study:
 
 
 def _arms(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
-    """Arm label per summary row: variant plus the config values that vary within its task and variant."""
-    configs = []
+    """Arm label per summary row: the variant plus its grid settings.
+
+    The runner records a trial's grid point in `config["grid"]`; those keys label the arm.
+    Without one, the keys are inferred: config values that differ between trials of the
+    same task and variant (seeds, data locations and per-trial facts excluded).
+    """
+    configs, grids = [], []
     for row in rows:
         try:
             config = json.loads(row["config_json"]) if row["config_json"] else {}
         except json.JSONDecodeError:
             config = {}
-        flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten(config).items()
-                if not k.startswith(_IGNORED_KEYS) and "seed" not in k.rsplit(".", 1)[-1]}
-        configs.append(flat)
-    varying: dict[str, set[str]] = {}
+        config = config if isinstance(config, dict) else {}
+        grid = config.get("grid") if isinstance(config.get("grid"), dict) else {}
+        grids.append({k: json.dumps(v, sort_keys=True) for k, v in grid.items() if "seed" not in k})
+        configs.append({k: json.dumps(v, sort_keys=True) for k, v in flatten(config).items()
+                        if not k.startswith(_IGNORED_KEYS) and "seed" not in k.rsplit(".", 1)[-1]})
+    has_grid = {row["task"] for row, grid in zip(rows, grids) if grid}
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row, flat in zip(rows, configs):
         groups.setdefault((row["task"], row["variant"]), []).append(flat)
+    varying: dict[str, set[str]] = {}
     for (task, _), flats in groups.items():
-        keys = set().union(*flats)
-        for key in keys:
+        for key in set().union(*flats):
             if len({f.get(key) for f in flats}) > 1:
                 varying.setdefault(task, set()).add(key)
     out = []
-    for row, flat in zip(rows, configs):
-        settings = tuple(sorted((k, flat[k]) for k in varying.get(row["task"], set()) if k in flat))
+    for row, flat, grid in zip(rows, configs, grids):
+        if row["task"] in has_grid:
+            settings = tuple(sorted(grid.items()))
+        else:
+            settings = tuple(sorted((k, flat[k]) for k in varying.get(row["task"], set()) if k in flat))
         label = row["variant"] + (f" ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else "")
         out.append((label, settings))
     return out

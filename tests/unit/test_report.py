@@ -246,3 +246,34 @@ def test_given_target(tmp_path):
     # 0.90 counts as reached (>=): bn_lstm seed 2 now reaches it at step 200.
     assert row(smnist, "`bn_lstm`", "### Convergence speed")[1:3] == ["3/4", "200 [200–200]"]
     assert row(smnist, "`lstm`", "### Convergence speed")[1:3] == ["3/3", "300 [300–400]"]
+
+
+@pytest.mark.parametrize("recorded_grid", [True, False])
+def test_grid_arms_are_compared_with_lstm(tmp_path, recorded_grid):
+    """A gamma grid gives one arm per gamma, each compared with the plain lstm arm."""
+    import json
+
+    study = tmp_path / "grid"
+    for variant, gamma, seed, test in [("lstm", None, 0, 0.50), ("lstm", None, 1, 0.52),
+                                       ("bn_lstm", 0.1, 0, 0.60), ("bn_lstm", 0.1, 1, 0.62),
+                                       ("bn_lstm", 0.5, 0, 0.40), ("bn_lstm", 0.5, 1, 0.42)]:
+        trial = f"{variant}-{gamma}-s{seed}"
+        config = {"model": {"variant": variant, "options": {} if gamma is None else {"gamma_init": gamma}},
+                  "train": {"seed": seed}, "data": {"dir": f"/somewhere/{seed}"}}
+        if recorded_grid:
+            config["grid"] = {} if gamma is None else {"model.gamma_init": gamma}
+        summary = {"study": "grid", "trial_id": trial, "task": "pmnist", "variant": variant, "seed": seed,
+               "status": "finished", "metric": "accuracy", "mode": "max", "best_valid": test, "train_at_best": test,
+               "test_at_best": test, "test_at_last": test, "config_json": json.dumps(config)}
+        write_table(to_table([summary], SUMMARY), str(study), "summary", trial)
+        curve = [{"study": "grid", "trial_id": trial, "task": "pmnist", "variant": variant, "seed": seed, "step": 10,
+                  "split": "valid", "metric": "accuracy", "value": test, "train_seconds": 1.0, "examples": 10}]
+        write_table(to_table(curve, CURVE), str(study), "curve", trial)
+    text = write_report(study, tmp_path / "r.md").read_text()
+    key = "model.gamma_init" if recorded_grid else "model.options.gamma_init"
+    quality = ("## Task `pmnist`", "### Final quality")
+    assert row(text, "`lstm`", *quality)[4] == "—"
+    low = row(text, f"`bn_lstm ({key}=0.1)`", *quality)
+    high = row(text, f"`bn_lstm ({key}=0.5)`", *quality)
+    assert low[1] == pm([0.60, 0.62]) and low[4].startswith("+10.00 [")
+    assert high[1] == pm([0.40, 0.42]) and high[4].startswith("-10.00 [")
