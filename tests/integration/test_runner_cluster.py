@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -34,27 +35,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard address, env)."""
+    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard address, client address, env)."""
     temp_dir = tempfile.mkdtemp(prefix="rnc", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
-    dashboard = free_port()
+    dashboard, client = free_port(), free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--temp-dir", temp_dir, "--disable-usage-stats"],
+         "--ray-client-server-port", str(client),
+         # Agents on free ports too: another Ray on this machine may hold the defaults (52365 ...).
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()), "--temp-dir", temp_dir, "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=120)
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", env
     finally:
         stop_ray_in(temp_dir)
 
 
 def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
-    address, env = cluster
+    address, _, env = cluster
     devices = '["cpu"]' if torch.cuda.is_available() else '["cpu", "cuda"]'  # cuda on a CPU node fails
     study = tmp_path / "onjob.toml"
     study.write_text(textwrap.dedent(f"""
@@ -81,11 +85,16 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     results = tmp_path / "shared-results"
     suite = BIN / "suite"
     entry = [str(suite)] if suite.exists() else [sys.executable, "-m", "suite"]
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         *entry, "run", str(study), "--results", str(results)],
-        env=env, capture_output=True, text=True, timeout=300)
-    out = submit.stdout + submit.stderr
+    for _ in range(30):  # the head's job agent comes up a little after `ray start` returns
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             *entry, "run", str(study), "--results", str(results)],
+            env=env, capture_output=True, text=True, timeout=300)
+        out = submit.stdout + submit.stderr
+        if "No available agent" not in out:
+            break
+        time.sleep(2)
+    assert (results / "onjob" / "summary").is_dir(), out
     root = str(results / "onjob")
     summary = read_table(root, "summary").to_pandas().set_index("trial_id")
     assert summary.loc["adding-lstm-s0-device=cpu", "status"] == "finished"
@@ -102,3 +111,28 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
             assert failed["status"] == "failed" and "CUDA" in failed["error"], failed["error"]
         assert "2 finished, 0 diverged, 2 failed" in out, out
         assert submit.returncode == 1 and "failed" in out, out
+
+
+def test_ray_client_address_runs_a_study(tmp_path, cluster):
+    """`suite run --address ray://...` from outside the cluster (Ray Client)."""
+    _, client, env = cluster
+    study = tmp_path / "client.toml"
+    study.write_text(textwrap.dedent("""
+        name = "client"
+        variants = ["lstm"]
+        seeds = [0, 1]
+
+        [config]
+        model.hidden_size = 6
+        train = { steps = 10, eval_every = 5, batch_size = 20 }
+
+        [tasks.adding]
+        task = { length = 8, train_size = 100, eval_size = 40 }
+    """))
+    results = tmp_path / "shared-results"
+    run = subprocess.run([sys.executable, "-m", "suite", "run", str(study), "--results", str(results),
+                          "--address", client], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = read_table(str(results / "client"), "summary").to_pandas()
+    assert sorted(summary.trial_id) == ["adding-lstm-s0", "adding-lstm-s1"]
+    assert set(summary.status) == {"finished"}
