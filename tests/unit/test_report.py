@@ -277,3 +277,14 @@ def test_grid_arms_are_compared_with_lstm(tmp_path, recorded_grid):
     high = row(text, f"`bn_lstm ({key}=0.5)`", *quality)
     assert low[1] == pm([0.60, 0.62]) and low[4].startswith("+10.00 [")
     assert high[1] == pm([0.40, 0.42]) and high[4].startswith("-10.00 [")
+
+
+def test_task_with_only_failed_trials(tmp_path):
+    study = tmp_path / "failed"
+    for seed in (0, 1):
+        summary = {"study": "failed", "trial_id": f"copy-lstm-s{seed}", "task": "copy", "variant": "lstm",
+                   "seed": seed, "status": "failed", "error": "Traceback ...\nRuntimeError: worker died"}
+        write_table(to_table([summary], SUMMARY), str(study), "summary", summary["trial_id"])
+    text = write_report(study, tmp_path / "r.md").read_text()
+    assert "| copy | `lstm` | 1 | `copy-lstm-s1` | failed | RuntimeError: worker died |" in text
+    assert "No target: no finished trial has a best validation value." in text
