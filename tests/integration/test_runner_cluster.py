@@ -8,6 +8,7 @@ temp dir), never with `ray stop`.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,11 +38,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard address, client address, env)."""
+    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard, client, GCS addresses, env)."""
     temp_dir = tempfile.mkdtemp(prefix="rnc", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
-    dashboard, client = free_port(), free_port()
+    dashboard, client, gcs = free_port(), free_port(), free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
@@ -52,13 +53,16 @@ def cluster():
         env=env, capture_output=True, text=True, timeout=120)
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        yield f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", env
+        # The GCS binds the node's address, which `ray start` prints in its join command.
+        node = re.search(r"--address='([^']+)'", start.stdout)
+        gcs_address = node.group(1) if node else f"127.0.0.1:{gcs}"
+        yield f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", gcs_address, env
     finally:
         stop_ray_in(temp_dir)
 
 
 def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
-    address, _, env = cluster
+    address, _, _, env = cluster
     devices = '["cpu"]' if torch.cuda.is_available() else '["cpu", "cuda"]'  # cuda on a CPU node fails
     study = tmp_path / "onjob.toml"
     study.write_text(textwrap.dedent(f"""
@@ -113,9 +117,10 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
         assert submit.returncode == 1 and "failed" in out, out
 
 
+@pytest.mark.slow
 def test_ray_client_address_runs_a_study(tmp_path, cluster):
     """`suite run --address ray://...` from outside the cluster (Ray Client)."""
-    _, client, env = cluster
+    _, client, _, env = cluster
     study = tmp_path / "client.toml"
     study.write_text(textwrap.dedent("""
         name = "client"
@@ -136,3 +141,26 @@ def test_ray_client_address_runs_a_study(tmp_path, cluster):
     summary = read_table(str(results / "client"), "summary").to_pandas()
     assert sorted(summary.trial_id) == ["adding-lstm-s0", "adding-lstm-s1"]
     assert set(summary.status) == {"finished"}
+
+
+def test_resources_no_node_has_fail_before_any_trial(tmp_path, cluster):
+    """A study asking for GPUs on a CPU-only cluster stops with one message; nothing is written."""
+    _, _, gcs, env = cluster
+    study = tmp_path / "greedy.toml"
+    study.write_text(textwrap.dedent("""
+        name = "greedy"
+        variants = ["lstm"]
+        seeds = [0]
+
+        [tasks.adding]
+
+        [resources]
+        cpu = 1
+        gpu = 1
+    """))
+    results = tmp_path / "res"
+    run = subprocess.run([sys.executable, "-m", "suite", "run", str(study), "--results", str(results),
+                          "--address", gcs], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "error: each trial asks for cpu=1, gpu=1, but no node of the cluster can ever hold that" in run.stderr
+    assert not (results / "greedy" / "summary").exists()
