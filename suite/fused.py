@@ -18,6 +18,7 @@ parameters, buffers and state_dict are exactly the reference's; only `forward` d
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,9 @@ class FusedRecurrent(Recurrent):
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
         """Same contract as Recurrent.forward (time_offset has no effect without per-step statistics)."""
         x = input.transpose(0, 1) if self.batch_first else input
+        if x.is_cuda and not self.training and torch.is_grad_enabled():
+            # cuDNN has no backward in eval mode; the reference loop has (explicit fallback).
+            return super().forward(input, hx, lengths, time_offset)
         mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, len(self.layers))
         h0, c0 = _initial_states(self, hx, x.shape[1])
         weights = []  # torch.nn.LSTM's order, which is also self.layers': layer 0 forward, layer 0 reverse, ...
@@ -73,6 +77,13 @@ class FusedRecurrent(Recurrent):
             bias = layer.bias
             # Read once per batch: with weight norm this runs the reparametrization.
             weights += [layer.weight_ih, layer.weight_hh, bias, torch.zeros_like(bias)]
+        with warnings.catch_warnings():
+            # cuDNN warns that the weights are not one contiguous chunk: they are computed anew per batch.
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+            out, h, c = self._run(x, mask, h0, c0, weights)
+        return (out.transpose(0, 1) if self.batch_first else out), (h, c)
+
+    def _run(self, x, mask, h0, c0, weights):
         dropout, train, bidir = float(self.dropout), self.training, self.num_directions == 2
         if mask is None:
             out, h, c = torch._VF.lstm(x, (h0, c0), weights, True, self.num_layers, dropout, train, bidir, False)
@@ -85,7 +96,7 @@ class FusedRecurrent(Recurrent):
             out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, back),
                                          total_length=x.shape[0])
             h, c = h.index_select(1, back), c.index_select(1, back)
-        return (out.transpose(0, 1) if self.batch_first else out), (h, c)
+        return out, h, c
 
 
 class LoopRecurrent(Recurrent):

@@ -41,7 +41,7 @@ def run(model, x, **kwargs):
     model.zero_grad(set_to_none=True)
     out, (h, c) = model(x, **kwargs)
     gen = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, h, c))
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in (out, h, c))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), h.detach(), c.detach(), grads
@@ -196,3 +196,22 @@ def test_fused_memory_is_the_fused_kernels():
     x = torch.randn(50, 16, F)
     fused = variants.build("wn_lstm", F, H, impl="fast")
     assert saved_bytes(fused, x) <= 1.01 * saved_bytes(variants.build("cudnn_lstm", F, H), x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", FAST)
+def test_fast_on_cuda_matches_reference(name):
+    """On CUDA (cuDNN for the fused path, native CUDA norm kernels for the loops) as on the CPU."""
+    ref, fast = pair(name, num_layers=2)
+    ref.cuda(), fast.cuda()
+    x = inputs().cuda()
+    for mode in (True, False):
+        ref.train(mode), fast.train(mode)
+        r, f = run(ref, x), run(fast, x)
+        for a, b in zip(r[:3], f[:3]):
+            torch.testing.assert_close(b, a)
+        for key in r[3]:
+            torch.testing.assert_close(f[3][key], r[3][key], msg=key)
+    for (key, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, msg=key)
