@@ -7,6 +7,7 @@ the Ray it starts can be found (and stopped) by that folder alone, by pid.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def ray_tmp():
     folder = tempfile.mkdtemp(prefix="rnt", dir="/tmp")
     yield folder
     stop_ray_in(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def start(args: list[str], tmp: str, **env: str) -> subprocess.Popen:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def cluster():
         yield f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", gcs_address, env
     finally:
         stop_ray_in(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
