@@ -8,7 +8,7 @@ so every variant sees the same seeds. Layout of a study file:
     description = "..."
     variants = ["lstm", "bn_lstm"]
     seeds = [0, 1]
-    report = "report.html"               # optional: written by `suite report` at the end
+    report = "report.md"                 # optional: written by `suite report` at the end
 
     [config]                             # run-config sections for every trial, over the
     model.hidden_size = 32               #   task's paper settings (Task.defaults)

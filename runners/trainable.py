@@ -89,7 +89,6 @@ def train_trial(params: dict[str, Any]) -> None:
             saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
         rows, resume = saved["rows"], saved["fit"]
         stopper.load(saved["stopper"])
-    fit_seconds = 0.0
 
     def on_report(report: Report) -> bool:
         nonlocal rows
