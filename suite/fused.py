@@ -7,13 +7,16 @@ parameters, buffers and state_dict are exactly the reference's; only `forward` d
   for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
   hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
   oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
-* `LoopRecurrent` (`bn_vertical`, and `lstm` where the fused kernel is not wanted): the
-  input term norm_x(W_x x) + b is computed for all steps by the reference's own norm
-  (so every statistics mode -- train, batch, population, accumulate -- behaves identically),
-  then the recurrence runs in `LSTMLoop`, an autograd Function with a hand-derived backward
-  (Cooijmans et al. 2016, Eq. 6-8 with identity norm_h and norm_c). Layers whose norm_h or
-  norm_c is not the identity, bidirectional stacks and batches with `lengths` are sent to the
-  reference loop (explicitly, in `forward`).
+* `LoopRecurrent` (`bn_vertical`, `bn_lstm`, `ln_lstm`): the input term norm_x(W_x x) + b is
+  computed for all steps by the reference's own norm (so every statistics mode behaves
+  identically), then the recurrence runs in an autograd Function with a hand-derived
+  backward (Cooijmans et al. 2016, Eq. 6-8): `LSTMLoop` when norm_h and norm_c are identities,
+  `NormLoop` with torch's native batch-norm / layer-norm kernels per step otherwise.
+  Explicit fallbacks to the reference loop, in `forward`: `lengths`, bidirectional stacks,
+  the accumulate (re-estimation) statistics mode, and batch statistics of a single example.
+
+Every path is checked against the reference in tests/unit/test_fast.py; measured speed and
+memory are in tests/bench (README, "Speed").
 """
 
 from __future__ import annotations
@@ -100,10 +103,10 @@ class FusedRecurrent(Recurrent):
 
 
 class LoopRecurrent(Recurrent):
-    """A stack whose layers with identity norm_h and norm_c run the recurrence in `LSTMLoop`."""
+    """A stack whose layers run the recurrence in `LSTMLoop` (no in-loop norms) or `NormLoop`."""
 
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
-        """Same contract as Recurrent.forward; falls back to it for `lengths` and in-loop norms."""
+        """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
         x = input.transpose(0, 1) if self.batch_first else input
         if (lengths is not None or self.num_directions != 1
                 or not all(supports_norm_loop(layer, x.shape[1]) for layer in self.layers)):
@@ -140,9 +143,39 @@ def _gate_scale(hidden: int, like: torch.Tensor) -> torch.Tensor:
     return scale
 
 
+def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Tensor:
+    """norm_x(W_x x) + b for all steps at once.
+
+    Per-step batch norm of a (T, B, C) tensor is batch norm of its (B, T*C) view, one channel
+    per (step, unit): one native kernel each way instead of a dozen passes over (T, B, C).
+    Used in train, batch and population modes when steps t0..t0+T-1 all have their own
+    statistics row; otherwise (accumulate mode, shared statistics, steps beyond T_max) the
+    reference norm computes it.
+    """
+    z = nn.functional.linear(x, layer.weight_ih)
+    norm = layer.norm_x
+    steps, batch, size = z.shape
+    if (isinstance(norm, StepBatchNorm) and norm.per_step and time_offset + steps <= norm.t_max
+            and norm.mode() != ACCUMULATE and (batch > 1 or norm.mode() == POPULATION)):
+        mode = norm.mode()
+        rows = slice(time_offset, time_offset + steps)
+        keep = mode != BATCH
+        running_mean = norm.running_mean[rows].view(-1) if keep else None
+        running_var = norm.running_var[rows].view(-1) if keep else None
+        flat = z.transpose(0, 1).reshape(batch, steps * size)
+        weight = norm.weight.repeat(steps)
+        bias = norm.bias.repeat(steps) if norm.bias is not None else None
+        out = nn.functional.batch_norm(flat, running_mean, running_var, weight, bias, mode != POPULATION,
+                                       norm.momentum, norm.eps)
+        xg = out.view(batch, steps, size).transpose(0, 1)
+    else:
+        xg = norm.sequence(z, None, time_offset)
+    return xg + layer.bias
+
+
 def loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
-    """One layer: norm_x(W_x x) + b for all steps (the reference's own norm), then `LSTMLoop`."""
-    xg = layer.norm_x.sequence(nn.functional.linear(x, layer.weight_ih), None, time_offset) + layer.bias
+    """One layer: norm_x(W_x x) + b for all steps (`input_term`), then `LSTMLoop`."""
+    xg = input_term(layer, x, time_offset)
     scale = _gate_scale(layer.hidden_size, xg)
     out, h, c = LSTMLoop.apply(xg * scale, layer.weight_hh * scale.unsqueeze(1), h0, c0)
     return out, (h, c)
@@ -165,7 +198,7 @@ class LSTMLoop(torch.autograd.Function):
     def forward(ctx, xg: torch.Tensor, w: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        acts = torch.empty_like(xg)
+        acts = xg.new_empty(xg.shape)
         hs = xg.new_empty(steps + 1, batch, hidden)
         cs = xg.new_empty(steps + 1, batch, hidden)
         tanh_c = xg.new_empty(steps, batch, hidden)
@@ -283,7 +316,7 @@ def _param(norm: nn.Module, name: str) -> torch.Tensor | None:
 
 def norm_loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
     """One layer with norms inside the recurrence: norm_x(W_x x) + b vectorized, then `NormLoop`."""
-    xg = layer.norm_x.sequence(nn.functional.linear(x, layer.weight_ih), None, time_offset) + layer.bias
+    xg = input_term(layer, x, time_offset)
     norm_h, norm_c = _StepNorm(layer.norm_h, time_offset), _StepNorm(layer.norm_c, time_offset)
     params = [_param(layer.norm_h, "weight"), _param(layer.norm_h, "bias"),
               _param(layer.norm_c, "weight"), _param(layer.norm_c, "bias")]
@@ -307,8 +340,8 @@ class NormLoop(torch.autograd.Function):
         wh, bh, wc, bc = (next(it) if flag else None for flag in has)
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        z = torch.empty_like(xg)  # W_h h_{t-1}, the input of norm_h
-        acts = torch.empty_like(xg)  # sigmoid(i, f, o) and tanh(g)
+        z = xg.new_empty(xg.shape)  # W_h h_{t-1}, the input of norm_h
+        acts = xg.new_empty(xg.shape)  # sigmoid(i, f, o) and tanh(g)
         hs = xg.new_empty(steps + 1, batch, hidden)
         cs = xg.new_empty(steps + 1, batch, hidden)
         tanh_cn = xg.new_empty(steps, batch, hidden)
