@@ -198,25 +198,28 @@ class LSTMLoop(torch.autograd.Function):
     def forward(ctx, xg: torch.Tensor, w: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        acts = xg.new_empty(xg.shape)
+        keep = any(ctx.needs_input_grad)  # without a backward, per-step buffers are reused
+        kept = steps if keep else 1
+        acts = xg.new_empty(kept, batch, four_h)
         hs = xg.new_empty(steps + 1, batch, hidden)
-        cs = xg.new_empty(steps + 1, batch, hidden)
-        tanh_c = xg.new_empty(steps, batch, hidden)
+        cs = xg.new_empty(kept + 1, batch, hidden)
+        tanh_c = xg.new_empty(kept, batch, hidden)
         g = xg.new_empty(batch, hidden)
         hs[0], cs[0] = h0, c0
         w_t = w.t()
         for t in range(steps):
-            a = acts[t]
+            k, c_prev, c_next = (t, cs[t], cs[t + 1]) if keep else (0, cs[t % 2], cs[(t + 1) % 2])
+            a = acts[k]
             torch.addmm(xg[t], hs[t], w_t, out=a)
             torch.sigmoid(a, out=a)
             i, f, g2, o = a.chunk(4, 1)
             torch.mul(g2, 2.0, out=g).sub_(1.0)
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            torch.tanh(cs[t + 1], out=tanh_c[t])
-            torch.mul(o, tanh_c[t], out=hs[t + 1])
-        ctx.save_for_backward(acts, hs, cs, tanh_c, w)
-        out = hs[1:]
-        return out, hs[-1].clone(), cs[-1].clone()
+            torch.mul(f, c_prev, out=c_next).addcmul_(i, g)
+            torch.tanh(c_next, out=tanh_c[k])
+            torch.mul(o, tanh_c[k], out=hs[t + 1])
+        if keep:
+            ctx.save_for_backward(acts, hs, cs, tanh_c, w)
+        return hs[1:], hs[-1].clone(), c_next.clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
@@ -340,32 +343,37 @@ class NormLoop(torch.autograd.Function):
         wh, bh, wc, bc = (next(it) if flag else None for flag in has)
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        z = xg.new_empty(xg.shape)  # W_h h_{t-1}, the input of norm_h
-        acts = xg.new_empty(xg.shape)  # sigmoid(i, f, o) and tanh(g)
+        keep = any(ctx.needs_input_grad)  # without a backward, per-step buffers are reused
+        kept = steps if keep else 1
+        z = xg.new_empty(kept, batch, four_h)  # W_h h_{t-1}, the input of norm_h
+        acts = xg.new_empty(kept, batch, four_h)  # sigmoid(i, f, o) and tanh(g)
         hs = xg.new_empty(steps + 1, batch, hidden)
-        cs = xg.new_empty(steps + 1, batch, hidden)
-        tanh_cn = xg.new_empty(steps, batch, hidden)
+        cs = xg.new_empty(kept + 1, batch, hidden)
+        tanh_cn = xg.new_empty(kept, batch, hidden)
         hs[0], cs[0] = h0, c0
         saved_h, saved_c = [], []
         w_t = w.t()
         for t in range(steps):
-            torch.mm(hs[t], w_t, out=z[t])
-            zn, s_h = norm_h.forward(z[t], t, wh, bh)
-            a = acts[t]
+            k, c_prev, c_next = (t, cs[t], cs[t + 1]) if keep else (0, cs[t % 2], cs[(t + 1) % 2])
+            torch.mm(hs[t], w_t, out=z[k])
+            zn, s_h = norm_h.forward(z[k], t, wh, bh)
+            a = acts[k]
             torch.add(xg[t], zn, out=a)
             i, f, g, o = a.chunk(4, 1)
             a[:, :2 * hidden].sigmoid_()
             g.tanh_()
             o.sigmoid_()
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            cn, s_c = norm_c.forward(cs[t + 1], t, wc, bc)
-            torch.tanh(cn, out=tanh_cn[t])
-            torch.mul(o, tanh_cn[t], out=hs[t + 1])
-            saved_h.append(s_h)
-            saved_c.append(s_c)
-        ctx.norms, ctx.has, ctx.saved_stats = (norm_h, norm_c), has, (saved_h, saved_c)
-        ctx.save_for_backward(z, acts, hs, cs, tanh_cn, w, *present)
-        return hs[1:], hs[-1].clone(), cs[-1].clone()
+            torch.mul(f, c_prev, out=c_next).addcmul_(i, g)
+            cn, s_c = norm_c.forward(c_next, t, wc, bc)
+            torch.tanh(cn, out=tanh_cn[k])
+            torch.mul(o, tanh_cn[k], out=hs[t + 1])
+            if keep:
+                saved_h.append(s_h)
+                saved_c.append(s_c)
+        if keep:
+            ctx.norms, ctx.has, ctx.saved_stats = (norm_h, norm_c), has, (saved_h, saved_c)
+            ctx.save_for_backward(z, acts, hs, cs, tanh_cn, w, *present)
+        return hs[1:], hs[-1].clone(), c_next.clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):

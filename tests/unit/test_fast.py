@@ -219,3 +219,17 @@ def test_fast_on_cuda_matches_reference(name):
             torch.testing.assert_close(f[3][key], r[3][key], msg=key)
     for (key, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
         torch.testing.assert_close(b, a, msg=key)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_forward_without_gradients(name):
+    """Under no_grad the loops reuse their per-step buffers; results and statistics stay the same."""
+    ref, fast = pair(name, num_layers=2)
+    for mode in (True, False):
+        ref.train(mode), fast.train(mode)
+        with torch.no_grad():
+            (a, (ha, ca)), (b, (hb, cb)) = ref(inputs()), fast(inputs())
+        for want, got in ((a, b), (ha, hb), (ca, cb)):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    for (key, want), (_, got) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(got, want, msg=key)
