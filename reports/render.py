@@ -394,6 +394,7 @@ def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | 
     study = load_study(study_dir)
     bench = read_benchmark_json(benchmark_json) if benchmark_json else None
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # only once the study has loaded: bad input creates nothing
     report = Report(study, out.parent, out.stem, bench, fraction, targets or {})
     return report.build()
 
@@ -402,7 +403,6 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, benchmark
                  fraction: float = convergence.DEFAULT_FRACTION, targets: Mapping[str, float] | None = None) -> Path:
     """Write the markdown report of a study (default `<study>/report.md`) with its PNGs beside it; returns the path."""
     out = Path(out) if out else Path(study_dir) / "report.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = render(study_dir, out, benchmark_json, fraction, targets)
     temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     temp.write_text(text, encoding="utf-8")

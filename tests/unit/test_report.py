@@ -176,7 +176,7 @@ def test_figures_are_valid_pngs(report):
         assert pixels.std() > 0.01  # something is drawn
 
 
-def test_malformed_and_mismatched_tables(tmp_path):
+def test_malformed_and_mismatched_tables(tmp_path, monkeypatch):
     study = write_study(tmp_path)
     bad = study / "summary" / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
@@ -200,7 +200,9 @@ def test_malformed_and_mismatched_tables(tmp_path):
     assert cli(["report", str(study), "--out", str(report)]) == 0
     assert cli(["report", str(study), "--benchmark-json", str(study / "nope.json")]) == 2
     assert cli(["report", str(tmp_path / "no-such-study")]) == 2
+    monkeypatch.chdir(tmp_path)
     assert cli(["report", "s3://bucket/study"]) == 2  # remote studies are copied locally first
+    assert not (tmp_path / "s3:").exists()  # and a refused study leaves no folders behind
     assert cli(["report", str(study), "--target", "smnist"]) == 2
 
 
