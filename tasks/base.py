@@ -170,6 +170,15 @@ class Task:
         return {}
 
 
+def batch_indices(size: int, batch_size: int, split: str, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """Index chunks of one pass over a split of `size` examples: shuffled by (seed, epoch) for
+    training, in order for evaluation (so validation and test batches never depend on a seed)."""
+    order = torch.arange(size)
+    if split == "train":
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    yield from order.split(batch_size)
+
+
 _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN = {
     "adding": "tasks.synthetic:AddingTask",

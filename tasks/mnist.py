@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from suite.errors import ConfigError, DataError
-from tasks.base import Batch, DataStatus, Task, register
+from tasks.base import Batch, DataStatus, Task, batch_indices, register
 from tasks.data import Fetch, Remote, SplitCache, download, first_complete, missing_error, verify
 
 FILES = {
@@ -274,11 +274,7 @@ class SequentialMNIST(Task):
     def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
         """Shuffled batches for train, in order for valid and test."""
         images, labels = self._load()[split]
-        order = torch.arange(len(labels))
-        if split == "train":
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batch_indices(len(labels), batch_size, split, seed, epoch):
             yield Batch(self.sequences(images[idx]).transpose(0, 1), labels[idx])
 
     def describe(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from suite.errors import ConfigError
-from tasks.base import Batch, PerStepHead, Score, Task, register
+from tasks.base import Batch, PerStepHead, Score, Task, batch_indices, register
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,32 @@ class AddingOptions:
     data_seed: int = 1234
 
 
+class GeneratedTask(Task):
+    """A task whose splits are generated in memory from `options.data_seed` (one seed per split)."""
+
+    _splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def generate(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of `size` examples, batch dimension first."""
+        raise NotImplementedError
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._splits:
+            size = self.options.train_size if split == "train" else self.options.eval_size
+            offset = {"train": 0, "valid": 1, "test": 2}[split]
+            self._splits[split] = self.generate(size, self.options.data_seed * 3 + offset)
+        return self._splits[split]
+
+    def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
+        """Shuffled batches for train, in order for valid and test; time-major inputs and per-step targets."""
+        inputs, targets = self._split(split)
+        for idx in batch_indices(len(targets), batch_size, split, seed, epoch):
+            chunk = targets[idx]
+            yield Batch(inputs[idx].transpose(0, 1), chunk.transpose(0, 1) if chunk.dim() > 1 else chunk)
+
+
 @register
-class AddingTask(Task):
+class AddingTask(GeneratedTask):
     """Two channels: values in [0, 1] and a marker on two positions, one in each half;
     the target is the sum of the two marked values. Predicting 1 scores MSE ~0.167."""
 
@@ -45,24 +69,11 @@ class AddingTask(Task):
         if options.length < 2:
             raise ConfigError(f"adding: length must be >= 2, got {options.length}")
         self.input_size, self.output_size, self.seq_len = 2, 1, options.length
-        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._splits = {}
 
-    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self._splits:
-            size = self.options.train_size if split == "train" else self.options.eval_size
-            offset = {"train": 0, "valid": 1, "test": 2}[split]
-            self._splits[split] = make_adding(size, self.options.length, self.options.data_seed * 3 + offset)
-        return self._splits[split]
-
-    def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
-        """Shuffled batches for train, in order for valid and test."""
-        inputs, targets = self._split(split)
-        order = torch.arange(len(targets))
-        if split == "train":
-            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            yield Batch(inputs[idx].transpose(0, 1), targets[idx])
+    def generate(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` examples drawn with `seed`."""
+        return make_adding(size, self.options.length, seed)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean squared error."""
@@ -102,7 +113,7 @@ class CopyOptions:
 
 
 @register
-class CopyTask(Task):
+class CopyTask(GeneratedTask):
     """Input: `symbols` random symbols, `length - 1` blanks, a marker, `symbols` blanks; the target is
     blank everywhere except the last `symbols` steps, which must reproduce the symbols. Scored on
     those steps: accuracy, and a loss per recalled symbol (guessing costs log(alphabet))."""
@@ -124,25 +135,12 @@ class CopyTask(Task):
         self.vocab_size = self.input_size = options.alphabet + 2
         self.output_size = options.alphabet + 1
         self.seq_len = options.length + 2 * options.symbols
-        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._splits = {}
 
-    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self._splits:
-            size = self.options.train_size if split == "train" else self.options.eval_size
-            offset = {"train": 0, "valid": 1, "test": 2}[split]
-            o = self.options
-            self._splits[split] = make_copy(size, o.length, o.symbols, o.alphabet, o.data_seed * 3 + offset)
-        return self._splits[split]
-
-    def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
-        """Shuffled batches for train, in order for valid and test; tokens (T, B), targets (T, B)."""
-        inputs, targets = self._split(split)
-        order = torch.arange(len(targets))
-        if split == "train":
-            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            yield Batch(inputs[idx].t(), targets[idx].t())
+    def generate(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` examples drawn with `seed`: tokens (size, T), targets (size, T)."""
+        o = self.options
+        return make_copy(size, o.length, o.symbols, o.alphabet, seed)
 
     def head(self, hidden_size: int) -> PerStepHead:
         """A prediction at every step."""
