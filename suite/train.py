@@ -182,7 +182,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     stream = _cycle(task, train.batch_size, train.seed, device, s["epoch"], s["batch_index"])
     stats_mode = train.eval_stats if batch_norms(model) else "none"
     curve: list[dict[str, Any]] = []
-    status, started = "finished", time.perf_counter()
+    status, error, started = "finished", None, time.perf_counter()
     say = log or (lambda message: None)
 
     def checkpoint() -> dict[str, Any]:
@@ -192,13 +192,16 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     while s["step"] < train.steps:
         s["epoch"], s["batch_index"], batch = next(stream)
         tick = time.perf_counter()
-        loss, logits, _ = train_step(model, task, batch, optimizer, config.optim.clip)
+        loss, logits, grad_norm = train_step(model, task, batch, optimizer, config.optim.clip)
         s["train_seconds"] += time.perf_counter() - tick
         s["step"] += 1
         s["examples"] += batch.size
-        if not math.isfinite(loss):
+        # A non-finite gradient is no update at all: going on would report a run that never trained.
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             status = "diverged"
-            say(f"step {s['step']}: loss is {loss}; run diverged")
+            error = (f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}") + \
+                f" at step {s['step']}"
+            say(f"{error}; run diverged")
             break
         score = task.score(logits.detach(), batch)
         s["interval"] = [s["interval"][0] + score.loss_sum, s["interval"][1] + score.metric_sum,
@@ -217,7 +220,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
         if on_report and on_report(Report(s["step"], train.steps, rows, checkpoint)):
             break
     lengths: list[dict[str, Any]] = []
-    summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths)
+    summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths) | {"error": error}
     return RunResult(status, curve, summary, lengths)
 
 

@@ -62,6 +62,9 @@ class MNISTOptions:
 
     pool: int = 1
     source: str = "idx"
+    # Shift and scale pixels to zero mean and unit variance over the training split. Raw [0, 1]
+    # pixels are mostly exact zeros, which layer norm cannot normalize (see README, ln_lstm).
+    standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class SequentialMNIST(Task):
         self.input_size, self.output_size, self.seq_len = 1, 10, side * side
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._origin: Path | None = None
+        self._moments: tuple[float, float] | None = None
 
     # -- where the files are ---------------------------------------------------------------
     def managed_dir(self) -> Path:
@@ -265,11 +269,31 @@ class SequentialMNIST(Task):
 
     # -- batches -----------------------------------------------------------------------------
     def sequences(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28) -> float pixel sequences (N, T, 1) in [0, 1]."""
+        """uint8 images (N, 28, 28) -> float pixel sequences (N, T, 1), in [0, 1] or standardized."""
+        x = self._pixels(images)
+        if self.options.standardize:
+            mean, std = self.pixel_moments()
+            x = (x - mean) / std
+        return x.reshape(len(x), -1, 1)
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
         if self.options.pool > 1:
             x = F.avg_pool2d(x.unsqueeze(1), self.options.pool).squeeze(1)
-        return x.reshape(len(x), -1, 1)
+        return x
+
+    def pixel_moments(self) -> tuple[float, float]:
+        """Mean and standard deviation of the (pooled) pixels of the training split."""
+        if self._moments is None:
+            images = self._load()["train"][0]
+            total = square = 0.0
+            for chunk in images.split(5000):  # float64 sums, a chunk at a time: exact and small
+                x = self._pixels(chunk).double()
+                total, square = total + float(x.sum()), square + float(x.square().sum())
+            count = images.shape[0] * self.seq_len
+            mean = total / count
+            self._moments = (mean, max(square / count - mean * mean, 1e-12) ** 0.5)
+        return self._moments
 
     def loader(self, split: str, batch_size: int, seed: int, epoch: int = 0) -> Iterator[Batch]:
         """Shuffled batches for train, in order for valid and test."""
@@ -285,6 +309,8 @@ class SequentialMNIST(Task):
         if self._data is not None:
             facts["files"] = str(self._origin)
             facts["split_sizes"] = {split: len(labels) for split, (_, labels) in self._data.items()}
+        if self.options.standardize:
+            facts["pixel_mean"], facts["pixel_std"] = self.pixel_moments()
         return facts
 
 

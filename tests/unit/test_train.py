@@ -124,3 +124,21 @@ def test_bidirectional_model_trains_and_reads_both_directions():
     model = task.build_model(cfg.model)
     assert model.head.linear.in_features == 16
     assert fit(task, cfg).status == "finished"
+
+
+class SilentAdding(AddingTask):
+    """Adding with every input zero: the layer-normalized pre-activations are exactly zero vectors."""
+
+    def generate(self, size, seed):
+        inputs, targets = super().generate(size, seed)
+        return torch.zeros_like(inputs), targets
+
+
+def test_a_non_finite_gradient_ends_the_run_as_diverged_instead_of_silently_skipping_updates():
+    # Layer norm of an all-zero vector has gradient gain/sqrt(eps) ~ 316x; through h and c at every
+    # step of a 60-step sequence this overflows float32 (found on pooled pMNIST, 75% zero pixels).
+    cfg = config("model.variant='ln_lstm'", "task.length=60")
+    result = fit(SilentAdding(task_for(cfg).options), cfg)
+    assert result.status == "diverged"
+    assert result.summary["error"] == "gradient norm is nan at step 1"
+    assert result.summary["steps"] == 1
