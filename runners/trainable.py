@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -64,6 +65,7 @@ def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
 
 def train_trial(params: dict[str, Any]) -> None:
     """Tune function trainable: resolve the trial's config, fit with checkpoints, write its tables."""
+    import ray
     import torch
     from ray import tune
 
@@ -110,7 +112,8 @@ def train_trial(params: dict[str, Any]) -> None:
     fit_seconds = time.perf_counter() - started
     summary = dict(result.summary)
     write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)},
-              result.lengths)
+              result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
+                                     "hostname": socket.gethostname()})
     tune.report({"step": summary["steps"], "total_steps": config.train.steps, "valid": summary["valid_at_last"],
                  "best_valid": summary["best_valid"], "best_step": summary["best_step"],
                  "test_at_best": summary["test_at_best"], "status": result.status, "fit_seconds": fit_seconds,

@@ -150,14 +150,18 @@ def write_table(table: pa.Table, root: str, name: str, trial_id: str) -> str:
 
 
 def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]], summary: Mapping[str, Any],
-              config: Mapping[str, Any], lengths: list[Mapping[str, Any]] = ()) -> None:
-    """Write one trial's curve, summary (and lengths) tables; `keys` holds study, trial_id, task, variant, seed."""
+              config: Mapping[str, Any], lengths: list[Mapping[str, Any]] = (),
+              where: Mapping[str, Any] | None = None) -> None:
+    """Write one trial's curve, summary (and lengths) tables; `keys` holds study, trial_id, task, variant, seed.
+
+    `where` adds facts about the process that ran the trial (e.g. its Ray node) to the environment.
+    """
     trial_id = keys["trial_id"]
     write_table(to_table([dict(keys, **row) for row in curve], CURVE), root, "curve", trial_id)
     if lengths:
         write_table(to_table([dict(keys, **row) for row in lengths], LENGTHS), root, "lengths", trial_id)
     row = dict(keys, **summary, config_json=json.dumps(config, sort_keys=True),
-               env_json=json.dumps(environment(), sort_keys=True))
+               env_json=json.dumps(environment() | dict(where or {}), sort_keys=True))
     write_table(to_table([row], SUMMARY), root, "summary", trial_id)
 
 

@@ -7,6 +7,7 @@ temp dir), never with `ray stop`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,10 +110,12 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     curve = read_table(root, "curve").to_pandas()
     assert sorted(curve[curve.trial_id == "adding-lstm-s0-device=cpu"].step.unique()) == [5, 10]
     assert not curve.duplicated(["trial_id", "step", "split"]).any()
+    assert json.loads(summary.loc["adding-lstm-s0-device=cpu", "env_json"])["ray_node_id"]  # where it ran
     if torch.cuda.is_available():
         assert submit.returncode == 0 and "succeeded" in out, out
     else:  # the cuda trials failed, with their error recorded; the study went on, the job reports failure
         for variant in ("lstm", "bn_lstm"):
+            assert f"adding-{variant}-s0-device=cuda" in summary.index, out
             failed = summary.loc[f"adding-{variant}-s0-device=cuda"]
             assert failed["status"] == "failed" and "CUDA" in failed["error"], failed["error"]
         assert "2 finished, 0 diverged, 2 failed" in out, out
