@@ -202,7 +202,10 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     outcomes = []
     for result in grid:
         config = result.config or {}
-        name = _config_name(config)
+        # An errored trial's result can come back without its config; its directory is named by trial id.
+        name = _config_name(config) if TASK in config else (result.path or "").rstrip("/").rsplit("/", 1)[-1]
+        if name not in by_id:
+            continue  # unidentifiable: recorded as interrupted below, and resumable
         metrics = dict(result.metrics or {})
         status = metrics.get("status")
         if status not in DONE:

@@ -40,13 +40,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A one-node Ray cluster with a job server on 127.0.0.1; yields (dashboard, client, GCS addresses, env)."""
+    """A two-node Ray cluster (one CPU each) with a job server on 127.0.0.1; yields (dashboard, client, GCS
+    addresses, env)."""
     temp_dir = tempfile.mkdtemp(prefix="rnc", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
     dashboard, client, gcs = free_port(), free_port(), free_port()
     start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
+        [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "1", "--num-gpus", "0",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--ray-client-server-port", str(client),
          # Agents on free ports too: another Ray on this machine may hold the defaults (52365 ...).
@@ -58,10 +59,20 @@ def cluster():
         # The GCS binds the node's address, which `ray start` prints in its join command.
         node = re.search(r"--address='([^']+)'", start.stdout)
         gcs_address = node.group(1) if node else f"127.0.0.1:{gcs}"
+        second = subprocess.run(
+            [str(BIN / "ray"), "start", "--address", gcs_address, "--num-cpus", "1", "--num-gpus", "0",
+             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+             "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+             # A temp dir of its own (its name extends the head's, so stop_ray_in finds it): sharing the
+             # head's, its runtime-env agent deleted the job's working directory under the driver.
+             "--temp-dir", f"{temp_dir}-node2", "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stdout + second.stderr
         yield f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", gcs_address, env
     finally:
         stop_ray_in(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(f"{temp_dir}-node2", ignore_errors=True)
 
 
 def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
@@ -98,10 +109,13 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
              *entry, "run", str(study), "--results", str(results)],
             env=env, capture_output=True, text=True, timeout=300)
         out = submit.stdout + submit.stderr
-        if "No available agent" not in out:
+        # Retry only a submission the job agent refused; with two nodes a job that did start can
+        # still log the other node's "No available agent" while that agent comes up.
+        if "No available agent" not in out or "submitted successfully" in out:
             break
         time.sleep(2)
     assert (results / "onjob" / "summary").is_dir(), out
+    assert "4 trials on 2 node(s), 2 CPU" in out, out
     root = str(results / "onjob")
     summary = read_table(root, "summary").to_pandas().set_index("trial_id")
     assert summary.loc["adding-lstm-s0-device=cpu", "status"] == "finished"
@@ -110,7 +124,9 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     curve = read_table(root, "curve").to_pandas()
     assert sorted(curve[curve.trial_id == "adding-lstm-s0-device=cpu"].step.unique()) == [5, 10]
     assert not curve.duplicated(["trial_id", "step", "split"]).any()
-    assert json.loads(summary.loc["adding-lstm-s0-device=cpu", "env_json"])["ray_node_id"]  # where it ran
+    # where each trial ran: every finished trial names a node of this two-node cluster
+    nodes = {json.loads(summary.loc[f"adding-{v}-s0-device=cpu", "env_json"])["ray_node_id"] for v in ("lstm", "bn_lstm")}
+    assert nodes and all(len(node) == 56 for node in nodes), nodes
     if torch.cuda.is_available():
         assert submit.returncode == 0 and "succeeded" in out, out
     else:  # the cuda trials failed, with their error recorded; the study went on, the job reports failure
