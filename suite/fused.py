@@ -22,6 +22,7 @@ memory are in tests/bench (README, "Speed").
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from suite.cells.norms import ACCUMULATE, BATCH, POPULATION, TRAIN, Identity, LayerNorm, StepBatchNorm
 from suite.errors import ConfigError
+from suite.native import build as native_build
+from suite.native import loop as native_loop
 from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs
 
 IMPLS = ("reference", "fast")
@@ -108,21 +111,30 @@ class LoopRecurrent(Recurrent):
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
         """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
         x = input.transpose(0, 1) if self.batch_first else input
-        if (lengths is not None or self.num_directions != 1
-                or not all(supports_norm_loop(layer, x.shape[1]) for layer in self.layers)):
+        runners = [layer_runner(layer, x) for layer in self.layers]
+        if lengths is not None or self.num_directions != 1 or None in runners:
             return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
         check_inputs(x, hx, None, self.input_size, self.hidden_size, self.num_layers)
         h0s, c0s = _initial_states(self, hx, x.shape[1])
         h_n, c_n = [], []
-        for index, layer in enumerate(self.layers):
+        for index, (layer, run) in enumerate(zip(self.layers, runners)):
             if index > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            run = loop_layer if supports_loop(layer) else norm_loop_layer
             x, (h, c) = run(layer, x, h0s[index], c0s[index], time_offset)
             h_n.append(h)
             c_n.append(c)
         output = x.transpose(0, 1) if self.batch_first else x
         return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
+    """How a layer runs on input x: the native kernels (CPU, where they build), else `LSTMLoop`
+    or `NormLoop`; None where none of them computes it exactly (the reference loop then does)."""
+    if not x.is_cuda and native_build.load() is not None and native_loop.supports(layer, x.shape[1]):
+        return native_loop.run_layer
+    if not supports_norm_loop(layer, x.shape[1]):
+        return None
+    return loop_layer if supports_loop(layer) else norm_loop_layer
 
 
 def supports_loop(layer: nn.Module) -> bool:

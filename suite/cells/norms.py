@@ -129,6 +129,20 @@ class StepBatchNorm(nn.Module):
         """Normalize one (B, C) step with the statistics of step t."""
         return self.sequence(x.unsqueeze(0), None if mask_t is None else mask_t.unsqueeze(0), t).squeeze(0)
 
+    def population(self, t0: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Population mean and variance, (steps, C) each, for steps t0..t0+steps-1."""
+        rows = self._rows(t0, steps)
+        return self.running_mean[rows], self.running_var[rows]
+
+    def record(self, mean: torch.Tensor, var: torch.Tensor, batch: int, t0: int) -> None:
+        """Take per-step batch statistics (steps, C) of `batch` unpadded examples computed elsewhere
+        (the native kernels) exactly as `sequence` takes its own: running averages or exact sums."""
+        rows = self._rows(t0, mean.shape[0])
+        if not self.per_step:
+            raise ValueError("record takes per-step statistics; this norm shares one row over time")
+        count = torch.full((mean.shape[0], 1), float(batch), dtype=mean.dtype, device=mean.device)
+        self._record(rows, mean, var, count, self.mode())
+
     def _record(self, rows, mean, var, count, mode: str) -> None:
         """Update running averages (TRAIN) or exact sums (ACCUMULATE) for the given rows."""
         if mode not in (TRAIN, ACCUMULATE):
