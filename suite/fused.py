@@ -130,8 +130,11 @@ class LoopRecurrent(Recurrent):
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
     """How a layer runs on input x: the native kernels (CPU, where they build), else `LSTMLoop`
     or `NormLoop`; None where none of them computes it exactly (the reference loop then does)."""
-    if not x.is_cuda and native_build.load() is not None and native_loop.supports(layer, x.shape[1]):
-        return native_loop.run_layer
+    if not x.is_cuda and native_loop.supports(layer, x.shape[1]):
+        if native_build.load() is not None:
+            return native_loop.run_layer
+        if native_build.enabled():
+            warnings.warn(f"impl='fast' runs the slower PyTorch loop: {native_build.reason()}", stacklevel=2)
     if not supports_norm_loop(layer, x.shape[1]):
         return None
     return loop_layer if supports_loop(layer) else norm_loop_layer

@@ -104,6 +104,8 @@ def environment() -> dict[str, Any]:
     """Library versions and the machine, recorded with every result."""
     import torch
 
+    from suite.native import build as native_build
+
     def version(name: str) -> str | None:
         try:
             return metadata.version(name)
@@ -113,7 +115,8 @@ def environment() -> dict[str, Any]:
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
            "torch": torch.__version__, "pyarrow": pa.__version__, "ray": version("ray"),
            "recnorm_suite": version("recnorm-suite"), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda}
+           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
+           "native_kernels": native_build.status()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

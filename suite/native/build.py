@@ -106,3 +106,10 @@ def load() -> ctypes.CDLL | None:
 def reason() -> str | None:
     """Why `load()` gave None, or None when the library is loaded (or not yet tried)."""
     return _reason
+
+
+def status() -> str:
+    """For the record of a run: "loaded", why the kernels are unavailable, or "not used" in this process."""
+    if _library is not None:
+        return "loaded"
+    return _reason or "not used"

@@ -3,7 +3,8 @@
 Every check builds the reference and the fast stack from one state_dict and compares
 outputs, final states, every parameter gradient and the BN statistics (train, population,
 batch and re-estimated), in float64 (tight) and float32 (max relative error); `LSTMLoop`'s
-hand-derived backward is checked by gradcheck.
+hand-derived backward is checked by gradcheck. Every test runs twice: on the native step
+kernels (suite/native) and on the pure-PyTorch loops they fall back to.
 """
 
 from __future__ import annotations
@@ -14,12 +15,29 @@ import torch
 from suite import variants
 from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.errors import ConfigError
-from suite.fused import FusedRecurrent, LoopRecurrent, LSTMLoop
+from suite.fused import FusedRecurrent, LoopRecurrent, LSTMLoop, layer_runner
+from suite.native import build, loop
 from suite.recurrent import Recurrent
 
 FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
 T, B, F, H = 7, 5, 3, 4
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request, monkeypatch) -> str:
+    """Run the test on the native kernels (skipped where they do not build) and on the PyTorch loops."""
+    if request.param == "torch":
+        monkeypatch.setenv(build.ENV_SWITCH, "0")
+    elif build.load() is None:
+        pytest.skip(f"native kernels unavailable: {build.reason()}")
+    return request.param
+
+
+def test_the_backend_is_the_one_under_test(backend):
+    layer = variants.build("bn_lstm", F, H, impl="fast").layers[0]
+    runner = layer_runner(layer, torch.zeros(T, B, F))
+    assert (runner is loop.run_layer) == (backend == "native")
 
 
 def pair(name: str, dtype=torch.float64, **kwargs):
@@ -156,8 +174,9 @@ def test_norm_loop_gradcheck(name):
         assert torch.autograd.gradcheck(lambda *a: fast(a[0], (a[1], a[2]))[0], (x, h0, c0))
 
 
-def test_batch_of_one_falls_back():
-    """Batch statistics of one example are the reference's business (native BN refuses them)."""
+def test_batch_of_one():
+    """Batch statistics of one example: the native kernels compute them; the PyTorch loop falls back
+    to the reference (torch's batch-norm kernel refuses them)."""
     ref, fast = pair("bn_lstm")
     assert_same(ref, fast, inputs()[:, :1])
 

@@ -36,9 +36,10 @@ def reference_bn_lstm(layer, x, h, c):
     return torch.stack(outputs), stats
 
 
-def test_bn_lstm_matches_the_paper_equations_and_its_statistics_are_the_batch_statistics():
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_bn_lstm_matches_the_paper_equations_and_its_statistics_are_the_batch_statistics(impl):
     torch.manual_seed(0)
-    rnn = variants.build("bn_lstm", F_IN, H, t_max=T, momentum=1.0).double()
+    rnn = variants.build("bn_lstm", F_IN, H, t_max=T, momentum=1.0, impl=impl).double()
     layer = rnn.layers[0]
     with torch.no_grad():  # non-default affine parameters, so a swapped gamma/beta would show
         for norm in (layer.norm_x, layer.norm_h, layer.norm_c):
@@ -65,10 +66,11 @@ def test_paper_defaults():
     assert torch.all(layer.bias[H:2 * H] == 1.0) and torch.all(layer.bias[:H] == 0)
 
 
-def test_eval_beyond_t_max_reuses_the_last_steps_statistics():
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_eval_beyond_t_max_reuses_the_last_steps_statistics(impl):
     torch.manual_seed(0)
-    short = variants.build("bn_lstm", F_IN, H, t_max=3).double()
-    long = variants.build("bn_lstm", F_IN, H, t_max=8).double()
+    short = variants.build("bn_lstm", F_IN, H, t_max=3, impl=impl).double()
+    long = variants.build("bn_lstm", F_IN, H, t_max=8, impl=impl).double()
     with torch.no_grad():
         for norm in [m for m in short.modules() if isinstance(m, StepBatchNorm)]:
             norm.running_mean.normal_()
@@ -122,9 +124,10 @@ def test_sequence_wise_statistics_are_shared_over_time():
     assert rnn.layers[0].norm_x.running_mean.shape == (1, 4 * H)
 
 
-def test_reestimate_gives_exact_population_statistics_over_all_batches():
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_reestimate_gives_exact_population_statistics_over_all_batches(impl):
     torch.manual_seed(0)
-    rnn = variants.build("bn_vertical", F_IN, H, t_max=T).double()
+    rnn = variants.build("bn_vertical", F_IN, H, t_max=T, impl=impl).double()
     batches = [torch.randn(T, n, F_IN, dtype=torch.float64) for n in (3, 5, 8)]
     rnn.eval()
     reestimate_statistics(rnn, lambda: [rnn(b) for b in batches])
