@@ -7,13 +7,15 @@ parameters, buffers and state_dict are exactly the reference's; only `forward` d
   for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
   hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
   oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
-* `LoopRecurrent` (`bn_vertical`, `bn_lstm`, `ln_lstm`): the input term norm_x(W_x x) + b is
-  computed for all steps by the reference's own norm (so every statistics mode behaves
-  identically), then the recurrence runs in an autograd Function with a hand-derived
-  backward (Cooijmans et al. 2016, Eq. 6-8): `LSTMLoop` when norm_h and norm_c are identities,
-  `NormLoop` with torch's native batch-norm / layer-norm kernels per step otherwise.
-  Explicit fallbacks to the reference loop, in `forward`: `lengths`, bidirectional stacks,
-  the accumulate (re-estimation) statistics mode, and batch statistics of a single example.
+* `LoopRecurrent` (`bn_vertical`, `bn_lstm`, `ln_lstm`): on CPU, each layer runs on the
+  native step kernels (`suite.native`) where they build. Otherwise (GPU, no compiler) the
+  input term norm_x(W_x x) + b is computed for all steps by the reference's own norm (so
+  every statistics mode behaves identically), then the recurrence runs in an autograd
+  Function with a hand-derived backward (Cooijmans et al. 2016, Eq. 6-8): `LSTMLoop` when
+  norm_h and norm_c are identities, `NormLoop` with torch's batch-norm / layer-norm kernels
+  per step otherwise. Bidirectional stacks run their reverse layers on the flipped input.
+  Explicit fallbacks to the reference loop, in `forward`, for the PyTorch loops only: `lengths`,
+  the accumulate (re-estimation) statistics mode and batch statistics of a single example.
 
 Every path is checked against the reference in tests/unit/test_fast.py; measured speed and
 memory are in tests/bench (README, "Speed").
@@ -33,7 +35,7 @@ from suite.cells.norms import ACCUMULATE, BATCH, POPULATION, TRAIN, Identity, La
 from suite.errors import ConfigError
 from suite.native import build as native_build
 from suite.native import loop as native_loop
-from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs
+from suite.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs, reversal_index, reverse_time
 
 IMPLS = ("reference", "fast")
 
@@ -112,19 +114,35 @@ class LoopRecurrent(Recurrent):
         """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
         x = input.transpose(0, 1) if self.batch_first else input
         runners = [layer_runner(layer, x) for layer in self.layers]
-        if lengths is not None or self.num_directions != 1 or None in runners:
+        masked_ok = all(run is native_loop.run_layer for run in runners)  # only the kernels take lengths
+        if None in runners or (lengths is not None and not masked_ok):
             return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
-        check_inputs(x, hx, None, self.input_size, self.hidden_size, self.num_layers)
+        directions = self.num_directions
+        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.num_layers * directions)
+        reverse = reversal_index(mask, x.shape[0], x.shape[1], x.device) if mask is not None else None
+        padding = {} if mask is None else {"mask": mask}
         h0s, c0s = _initial_states(self, hx, x.shape[1])
         h_n, c_n = [], []
-        for index, (layer, run) in enumerate(zip(self.layers, runners)):
-            if index > 0 and self.dropout > 0:
+        for level in range(self.num_layers):
+            if level > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x, (h, c) = run(layer, x, h0s[index], c0s[index], time_offset)
-            h_n.append(h)
-            c_n.append(c)
+            outputs = []
+            for direction in range(directions):  # torch.nn.LSTM's order: forward, then reverse
+                index = level * directions + direction
+                source = x if direction == 0 else _reversed(x, reverse)
+                out, (h, c) = runners[index](self.layers[index], source, h0s[index], c0s[index], time_offset,
+                                             **padding)
+                outputs.append(out if direction == 0 else _reversed(out, reverse))
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, -1) if directions > 1 else outputs[0]
         output = x.transpose(0, 1) if self.batch_first else x
         return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence reversed in time: a flip without padding, else the reference's reversal."""
+    return x.flip(0) if index is None else reverse_time(x, index)
 
 
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:

@@ -134,14 +134,16 @@ class StepBatchNorm(nn.Module):
         rows = self._rows(t0, steps)
         return self.running_mean[rows], self.running_var[rows]
 
-    def record(self, mean: torch.Tensor, var: torch.Tensor, batch: int, t0: int) -> None:
-        """Take per-step batch statistics (steps, C) of `batch` unpadded examples computed elsewhere
-        (the native kernels) exactly as `sequence` takes its own: running averages or exact sums."""
-        rows = self._rows(t0, mean.shape[0])
+    def record(self, mean: torch.Tensor, var: torch.Tensor, count: int | torch.Tensor, t0: int) -> None:
+        """Take per-step batch statistics (steps, C) computed elsewhere (the native kernels) over
+        `count` real examples per step (a number, or (steps,)) exactly as `sequence` takes its own:
+        running averages or exact sums."""
+        steps = mean.shape[0]
+        rows = self._rows(t0, steps)
         if not self.per_step:
             raise ValueError("record takes per-step statistics; this norm shares one row over time")
-        count = torch.full((mean.shape[0], 1), float(batch), dtype=mean.dtype, device=mean.device)
-        self._record(rows, mean, var, count, self.mode())
+        counts = torch.as_tensor(count, dtype=mean.dtype, device=mean.device).expand(steps).reshape(steps, 1)
+        self._record(rows, mean, var, counts, self.mode())
 
     def _record(self, rows, mean, var, count, mode: str) -> None:
         """Update running averages (TRAIN) or exact sums (ACCUMULATE) for the given rows."""

@@ -28,7 +28,7 @@ NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
 SMALL_INPUT = 8
 # Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
-BUFFERS = ("bias", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part", "zh", "acts", "c", "tcn", "h",
+BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part", "zh", "acts", "c", "tcn", "h",
            "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch")
 
 
@@ -107,16 +107,23 @@ def _slot(norm: nn.Module, kind: int, steps: int, batch: int, offset: int, like:
     return slot
 
 
-def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
-    """One layer over x (T, B, F) on the native kernels; returns outputs (T, B, H) and (h_T, c_T)."""
+def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int,
+              mask: torch.Tensor | None = None):
+    """One layer over x (T, B, F) on the native kernels; returns outputs (T, B, H) and (h_T, c_T).
+
+    With a (T, B) `mask`, padded steps hold the state, output zeros and stay out of every
+    statistic, as in `LSTMLayer.forward`.
+    """
     steps, batch, features = x.shape
+    real = None if mask is None else mask.to(x.dtype).contiguous()
+    count = batch if real is None else real.sum(1)
     x_kind = slot_kind(layer.norm_x, batch)
     if x_kind is not None and features <= SMALL_INPUT:
         source, w_x = x.contiguous(), layer.weight_ih
     else:
         source, w_x = F.linear(x, layer.weight_ih), None
         if x_kind is None:  # e.g. statistics shared over time: the reference norm, before the loop
-            source, x_kind = layer.norm_x.sequence(source, None, time_offset), NONE
+            source, x_kind = layer.norm_x.sequence(source, mask, time_offset), NONE
     norms = (layer.norm_x if x_kind != NONE else Identity(), layer.norm_h, layer.norm_c)
     kinds = (x_kind, slot_kind(layer.norm_h, batch), slot_kind(layer.norm_c, batch))
     slots = [_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
@@ -127,12 +134,13 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
             if tensor is not None:
                 params.append(tensor)
                 owners.append((slot, name))
-    out, h, c = NativeLoop.apply(slots, owners, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0, c0,
-                                 *params)
+    padding = None if real is None else (real, count)
+    out, h, c = NativeLoop.apply(slots, owners, padding, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0,
+                                 c0, *params)
     for slot, norm in zip(slots, norms):
         if slot.kind == BN_BATCH:
-            norm.record(slot.mean, slot.var, batch, time_offset)
-    return out, (h, c)
+            norm.record(slot.mean, slot.var, count, time_offset)
+    return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
 
 def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slots: list[Slot]) -> _LoopStruct:
@@ -144,11 +152,12 @@ class NativeLoop(torch.autograd.Function):
     """The recurrence over the input term, forward and backward.
 
     `source` is x (T, B, F) with `w_x` W_x, the kernel forming W_x x_t per step; or, with w_x
-    None, the input term itself (T, B, 4H).
+    None, the input term itself (T, B, 4H). `padding` is None or (mask (T, B), count (T,)) in
+    the input's dtype; outputs at padded steps are the held state (the caller zeroes them).
     """
 
     @staticmethod
-    def forward(ctx, slots, owners, source, w_x, w, bias, h0, c0, *params):
+    def forward(ctx, slots, owners, padding, source, w_x, w, bias, h0, c0, *params):
         library = load()
         steps, batch = source.shape[:2]
         four_h, hidden = w.shape[0], w.shape[1]
@@ -161,6 +170,8 @@ class NativeLoop(torch.autograd.Function):
         buffers = dict(bias=bias.detach().contiguous(), zh=new(kept, batch, four_h), acts=new(kept, batch, four_h),
                        c=new(kept + 1, batch, hidden), tcn=new(kept, batch, hidden), h=new(steps + 1, batch, hidden),
                        scratch=new(max(6, 4 * threads) * four_h))
+        if padding is not None:
+            buffers["mask"], buffers["count"] = padding
         if w_x is None:
             buffers["zx"] = source
         else:
@@ -190,6 +201,8 @@ class NativeLoop(torch.autograd.Function):
         new, zeros = w.new_empty, w.new_zeros
         d_zh = new(steps, batch, four_h)
         buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), dh=new(batch, hidden), dc=d_cn.contiguous().clone())
+        if buffers.get("mask") is not None:
+            buffers["dh_carry"] = zeros(batch, hidden)
         if features:
             buffers.update(dx=new(steps, batch, features), d_wx=zeros(threads, features, four_h),
                            dx_part=new(threads, batch, features))
@@ -211,7 +224,9 @@ class NativeLoop(torch.autograd.Function):
             step(ref, t)
         d_w = d_zh.view(steps * batch, four_h).t().mm(buffers["h"][:-1].reshape(steps * batch, hidden))
         d_h0 = d_zh[0].mm(w)
+        if buffers.get("dh_carry") is not None:
+            d_h0 += buffers["dh_carry"]
         d_source = buffers["dx"] if features else buffers["d_zx"]
         d_w_x = buffers["d_wx"].sum(0).t() if features else None
         param_grads = [slot.grads.pop(name).sum(0) for slot, name in owners]
-        return (None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"], *param_grads)
+        return (None, None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"], *param_grads)

@@ -39,6 +39,12 @@ struct Loop {
   int64_t steps, batch, hidden, threads, kept;  // kept = 0: per-step buffers hold one step (no backward)
   int64_t features;  // F
   const T* bias;  // (4H)
+  // Variable lengths: mask[t * B + b] is 1 where step t of example b is real, 0 in padding.
+  // Padding leaves the state unchanged and is left out of every batch statistic (count[t]
+  // real examples at step t), exactly as the reference loop does. Both null without lengths.
+  const T* mask;   // (steps, B) or null
+  const T* count;  // (steps) or null
+  T* dh_carry;     // (B, H) dL/dh passed through padded steps, backward with a mask only
   // The input term W_x x_t: either given for all steps (zx), or -- for few input features,
   // where a (steps, B, 4H) array would cost more memory traffic than the products --
   // computed per step from x and W_x^T into z_step, with dx and dW_x accumulated here.
@@ -109,7 +115,7 @@ template <typename F> inline void parallel(int n, F body) {
 // (and, for batch statistics, the step's mean, invstd and variance).
 template <typename T>
 void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t, int64_t lo, int64_t hi,
-                   T* a, T* k) {
+                   T* a, T* k, const T* mask, T count) {
   if (n.kind == NONE) {
     for (int64_t j = lo; j < hi; ++j) a[j] = T(1), k[j] = T(0);
     return;
@@ -119,19 +125,22 @@ void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t
   if (n.kind == BN_BATCH) {
     T* var = n.var + t * C;
     for (int64_t j = lo; j < hi; ++j) mean[j] = T(0), var[j] = T(0);
+    const T per = T(1) / std::max(count, T(1));  // a step with no real example: zeros, as the reference
     for (int64_t b = 0; b < B; ++b) {
       const T* row = z + b * C;
+      const T m = mask ? mask[b] : T(1);
 #pragma omp simd
-      for (int64_t j = lo; j < hi; ++j) mean[j] += row[j];
+      for (int64_t j = lo; j < hi; ++j) mean[j] += m * row[j];
     }
-    for (int64_t j = lo; j < hi; ++j) mean[j] /= T(B);
+    for (int64_t j = lo; j < hi; ++j) mean[j] *= per;
     for (int64_t b = 0; b < B; ++b) {  // two passes: the one-pass formula loses digits
       const T* row = z + b * C;
+      const T m = mask ? mask[b] : T(1);
 #pragma omp simd
-      for (int64_t j = lo; j < hi; ++j) var[j] += (row[j] - mean[j]) * (row[j] - mean[j]);
+      for (int64_t j = lo; j < hi; ++j) var[j] += m * (row[j] - mean[j]) * (row[j] - mean[j]);
     }
     for (int64_t j = lo; j < hi; ++j) {
-      var[j] /= T(B);
+      var[j] *= per;
       invstd[j] = T(1) / std::sqrt(var[j] + T(n.eps));
     }
   }
@@ -214,6 +223,12 @@ void project_backward(const Loop<T>& L, int64_t t, int64_t b, int64_t lo, int64_
   }
 }
 
+// A padded step leaves example b's state as it was.
+template <typename T>
+inline void hold(T* c_next, const T* c_prev, T* h, const T* h_prev, int64_t b, int64_t H, int64_t lo, int64_t hi) {
+  for (int64_t j = lo; j < hi; ++j) c_next[b * H + j] = c_prev[b * H + j], h[b * H + j] = h_prev[b * H + j];
+}
+
 template <typename T>
 void forward_step(const Loop<T>& L, int64_t t) {
   const int64_t B = L.batch, H = L.hidden, G = 4 * H;
@@ -225,6 +240,9 @@ void forward_step(const Loop<T>& L, int64_t t) {
   T* c_next = L.c + (L.kept ? t + 1 : (t + 1) % 2) * B * H;
   T* tcn = L.tcn + slot * B * H;
   T* h = L.h + (t + 1) * B * H;
+  const T* h_prev = L.h + t * B * H;
+  const T* mask = L.mask ? L.mask + t * B : nullptr;
+  const T count = L.count ? L.count[t] : T(B);
   const bool rows = L.nx.kind == LAYER || L.nh.kind == LAYER;
   const bool cell_rows = L.nc.kind == LAYER;
   T* ax = L.scratch;  // coefficient arrays, (4H) each
@@ -236,8 +254,8 @@ void forward_step(const Loop<T>& L, int64_t t) {
       int64_t lo, hi;
       share(G, p, n, lo, hi);
       if (L.x) project(L, t, 0, B, lo, hi);
-      column_affine(L.nx, zx, B, G, t, lo, hi, ax, k);
-      column_affine(L.nh, zh, B, G, t, lo, hi, ah, kh);
+      column_affine(L.nx, zx, B, G, t, lo, hi, ax, k, mask, count);
+      column_affine(L.nh, zh, B, G, t, lo, hi, ah, kh, mask, count);
       for (int64_t j = lo; j < hi; ++j) k[j] += kh[j] + L.bias[j];
       for (int64_t b = 0; b < B; ++b) activate(zx + b * G, zh + b * G, ax, ah, k, acts + b * G, H, lo, hi);
     } else {
@@ -267,7 +285,7 @@ void forward_step(const Loop<T>& L, int64_t t) {
       }
       T* ac = L.scratch;  // the gate coefficients are dead by now
       T* kc = ac + H;
-      column_affine(L.nc, c_next, B, H, t, lo, hi, ac, kc);
+      column_affine(L.nc, c_next, B, H, t, lo, hi, ac, kc, mask, count);
       for (int64_t b = 0; b < B; ++b) {
         const T* a = acts + b * G;
 #pragma omp simd
@@ -276,6 +294,7 @@ void forward_step(const Loop<T>& L, int64_t t) {
           tcn[b * H + j] = v;
           h[b * H + j] = a[3 * H + j] * v;
         }
+        if (mask && mask[b] == T(0)) hold(c_next, c_prev, h, h_prev, b, H, lo, hi);
       }
     } else {
       T* ac = L.scratch + p * 2 * H;
@@ -293,6 +312,7 @@ void forward_step(const Loop<T>& L, int64_t t) {
           tcn[b * H + j] = v;
           h[b * H + j] = a[3 * H + j] * v;
         }
+        if (mask && mask[b] == T(0)) hold(c_next, c_prev, h, h_prev, b, H, 0, H);
       }
     }
   });
@@ -301,7 +321,7 @@ void forward_step(const Loop<T>& L, int64_t t) {
 // Batch-norm backward coefficients of units [lo, hi): dz = a dy + e z + f, with the sums of
 // dy and dy * xhat over the batch; accumulates d_gamma, d_beta of thread p.
 template <typename T>
-void column_backward(const Norm<T>& n, const T* sum_dy, const T* sum_dy_xhat, int64_t B, int64_t C, int64_t t,
+void column_backward(const Norm<T>& n, const T* sum_dy, const T* sum_dy_xhat, T count, int64_t C, int64_t t,
                      int p, int64_t lo, int64_t hi, T* a, T* e, T* f) {
   if (n.kind == NONE) {
     for (int64_t j = lo; j < hi; ++j) a[j] = T(1), e[j] = T(0), f[j] = T(0);
@@ -315,7 +335,8 @@ void column_backward(const Norm<T>& n, const T* sum_dy, const T* sum_dy_xhat, in
     a[j] = n.gamma[j] * invstd[j];
     if (n.kind == BN_BATCH) {
       // dz = a (dy - mean(dy) - xhat mean(dy xhat)), xhat = (z - mean) invstd
-      T m1 = sum_dy[j] / T(B), m2 = sum_dy_xhat[j] / T(B);
+      const T per = T(1) / std::max(count, T(1));
+      T m1 = sum_dy[j] * per, m2 = sum_dy_xhat[j] * per;
       e[j] = -a[j] * invstd[j] * m2;
       f[j] = -a[j] * m1 - e[j] * mean[j];
     } else {
@@ -362,13 +383,33 @@ void backward_step(const Loop<T>& L, int64_t t) {
   T* d_pre = L.nh.kind == NONE ? d_zh : d_zx;
   const bool rows = L.nx.kind == LAYER || L.nh.kind == LAYER;
   const bool cell_rows = L.nc.kind == LAYER;
-  const T* dh = L.dh;
+  const T* mask = L.mask ? L.mask + t * B : nullptr;
+  const T count = L.count ? L.count[t] : T(B);
+  T* dh = L.dh;
   T* dc = L.dc;
+
+  // Padding: dL/dh of a padded step goes on to the step before (the state was held), and the
+  // step's own gradients are zero; dL/dc is passed on untouched in gates_of_row.
+  auto route_padding = [&](int64_t b, int64_t lo, int64_t hi) {
+    T* carry = L.dh_carry + b * H;
+    T* d = dh + b * H;
+    if (mask[b] != T(0)) {
+      for (int64_t j = lo; j < hi; ++j) d[j] += carry[j], carry[j] = T(0);
+    } else {
+      for (int64_t j = lo; j < hi; ++j) carry[j] += d[j], d[j] = T(0);
+    }
+  };
+  auto padded = [&](int64_t b) { return mask && mask[b] == T(0); };
+  auto zero_row = [&](T* row, int64_t lo, int64_t hi) { std::fill(row + lo, row + hi, T(0)); };
 
   // Cell: d tanh(norm_c(c)), its norm's backward, then the four gate gradients.
   auto gates_of_row = [&](int64_t b, int64_t lo, int64_t hi, const T* d_cell) {
     const T* a = acts + b * G;
     T* d = d_pre + b * G;
+    if (padded(b)) {
+      for (int q = 0; q < 4; ++q) zero_row(d, q * H + lo, q * H + hi);
+      return;
+    }
 #pragma omp simd
     for (int64_t j = lo; j < hi; ++j) {
       T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
@@ -383,6 +424,10 @@ void backward_step(const Loop<T>& L, int64_t t) {
   parallel(L.threads, [&](int p, int n) {
     int64_t lo, hi;
     share(cell_rows ? B : H, p, n, lo, hi);
+    if (mask) {
+      if (cell_rows) for (int64_t b = lo; b < hi; ++b) route_padding(b, 0, H);
+      else for (int64_t b = 0; b < B; ++b) route_padding(b, lo, hi);
+    }
     if (!cell_rows) {
       T* s1 = L.scratch;
       T* s2 = s1 + H;
@@ -405,7 +450,7 @@ void backward_step(const Loop<T>& L, int64_t t) {
           }
         }
       }
-      column_backward(L.nc, s1, s2, B, H, t, p, lo, hi, ac, ec, fc);
+      column_backward(L.nc, s1, s2, count, H, t, p, lo, hi, ac, ec, fc);
       for (int64_t b = 0; b < B; ++b) {
         const T* a = acts + b * G;
 #pragma omp simd
@@ -468,17 +513,19 @@ void backward_step(const Loop<T>& L, int64_t t) {
       }
       for (int64_t j = lo; j < hi; ++j) L.d_bias[p * G + j] += sd[j];
       if (need_h) {
-        column_backward(L.nh, sd, sh, B, G, t, p, lo, hi, a, e, f);
+        column_backward(L.nh, sd, sh, count, G, t, p, lo, hi, a, e, f);
         for (int64_t b = 0; b < B; ++b) {
 #pragma omp simd
           for (int64_t j = lo; j < hi; ++j) d_zh[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zh[b * G + j] + f[j];
+          if (padded(b)) zero_row(d_zh + b * G, lo, hi);  // padding is in no statistic
         }
       }
       if (need_x) {  // in place when d_pre is d_zx
-        column_backward(L.nx, sd, sx, B, G, t, p, lo, hi, a, e, f);
+        column_backward(L.nx, sd, sx, count, G, t, p, lo, hi, a, e, f);
         for (int64_t b = 0; b < B; ++b) {
 #pragma omp simd
           for (int64_t j = lo; j < hi; ++j) d_zx[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zx[b * G + j] + f[j];
+          if (padded(b)) zero_row(d_zx + b * G, lo, hi);
         }
       }
       if (L.x) {

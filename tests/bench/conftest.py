@@ -31,6 +31,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     import torch
 
     from suite import perf
+    from suite.native import build as native_build
 
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda
@@ -41,6 +42,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["mkldnn"] = torch.backends.mkldnn.is_available()
     machine_info["malloc_tuning"] = perf.malloc_tuning_state()
+    machine_info["native_kernels"] = native_build.status() if native_build.load() else native_build.reason()
     machine_info["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
 

@@ -1,9 +1,9 @@
 """The native step kernels (suite/native): where test_fast.py does not reach.
 
 Both ways of forming the input term (in the kernel for few features, a matrix multiply before
-the loop for many), several threads over units that do not divide evenly, float64 gradcheck
-of every parameter for every kind of norm, and the build: cached, keyed, and a clean
-fallback where there is no compiler or it is switched off.
+the loop for many), several threads over units that do not divide evenly, padding and
+bidirectional stacks, float64 gradcheck of every parameter for every kind of norm, and the
+build: cached, keyed, and a clean fallback where there is no compiler or it is switched off.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 
 from suite import variants
-from suite.cells.norms import BATCH, POPULATION, statistics_mode
+from suite.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
 from suite.fused import layer_runner
 from suite.native import build, loop
 from suite.results import environment
@@ -62,7 +62,33 @@ def test_matches_reference_for_any_input_width_and_thread_count(name, features, 
         torch.set_num_threads(before)
 
 
-def _params_gradcheck(name: str, features: int, mode: str | None) -> None:
+@pytest.mark.parametrize("name", NORMED)
+@pytest.mark.parametrize("features", [2, loop.SMALL_INPUT + 1])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lengths_and_bidirectional_run_on_the_kernels(name, features, threads, monkeypatch):
+    """Padded steps hold the state, output zeros and stay out of every statistic; the last step
+    has no real example at all; reverse layers see each sequence reversed."""
+    steps, batch, hidden = 6, 7, 13
+    lengths = torch.tensor([5, 3, 2, 1, 5, 4, 2])
+    calls = []
+    run_layer = loop.run_layer
+    monkeypatch.setattr(loop, "run_layer", lambda *a, **k: calls.append(k) or run_layer(*a, **k))
+    ref, fast = pair64(name, features, hidden, steps, num_layers=2, bidirectional=True)
+    x = torch.randn(steps, batch, features, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_same(ref, fast, x, lengths=lengths)
+        assert len(calls) == 4 and all("mask" in k for k in calls)
+        for model in (ref, fast):
+            model.eval()
+            reestimate_statistics(model, lambda m=model: [m(x, lengths=lengths), m(2 * x, lengths=lengths)])
+        assert_same(ref, fast, x, lengths=lengths)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _params_gradcheck(name: str, features: int, mode: str | None, **kwargs) -> None:
     steps, batch, hidden = 4, 5, 3
     _, fast = pair64(name, features, hidden, steps)
     names = [n for n, _ in fast.named_parameters()]
@@ -70,7 +96,7 @@ def _params_gradcheck(name: str, features: int, mode: str | None) -> None:
     x = torch.randn(steps, batch, features, dtype=torch.float64, requires_grad=True)
 
     def f(x, *ps):
-        out, (h, c) = functional_call(fast, dict(zip(names, ps)), (x,))
+        out, (h, c) = functional_call(fast, dict(zip(names, ps)), (x,), kwargs)
         return out, h, c
 
     if mode is None:
@@ -85,6 +111,11 @@ def _params_gradcheck(name: str, features: int, mode: str | None) -> None:
 def test_gradcheck_every_parameter(name, features):
     """float64 gradcheck of the kernels' backward: input, W_x, W_h, b, initial state, every gamma/beta."""
     _params_gradcheck(name, features, BATCH if name != "ln_lstm" else None)
+
+
+@pytest.mark.parametrize("name", NORMED)
+def test_gradcheck_with_lengths(name):
+    _params_gradcheck(name, 2, BATCH if name != "ln_lstm" else None, lengths=torch.tensor([4, 2, 3, 1, 4]))
 
 
 @pytest.mark.parametrize("name", ["bn_vertical", "bn_lstm"])
