@@ -109,7 +109,5 @@ def reason() -> str | None:
 
 
 def status() -> str:
-    """For the record of a run: "loaded", why the kernels are unavailable, or "not used" in this process."""
-    if _library is not None:
-        return "loaded"
-    return _reason or "not used"
+    """For the record of a run: "available" (the fast paths of this process use them) or why not."""
+    return "available" if load() is not None else str(_reason)

@@ -42,7 +42,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["mkldnn"] = torch.backends.mkldnn.is_available()
     machine_info["malloc_tuning"] = perf.malloc_tuning_state()
-    machine_info["native_kernels"] = native_build.status() if native_build.load() else native_build.reason()
+    machine_info["native_kernels"] = native_build.status()
     machine_info["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
