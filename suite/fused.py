@@ -3,11 +3,11 @@
 Both classes subclass `suite.recurrent.Recurrent` and keep its layers (`LSTMLayer`), so the
 parameters, buffers and state_dict are exactly the reference's; only `forward` differs.
 
-* `FusedRecurrent` (plain `lstm`, `wn_lstm`): reads every layer's weights once per batch --
+* `FusedRecurrent` (`wn_lstm`): reads every layer's weights once per batch --
   for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
   hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
   oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
-* `LoopRecurrent` (`bn_vertical`, `bn_lstm`, `ln_lstm`): on CPU, each layer runs on the
+* `LoopRecurrent` (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`): on CPU, each layer runs on the
   native step kernels (`suite.native`) where they build. Otherwise (GPU, no compiler) the
   input term norm_x(W_x x) + b is computed for all steps by the reference's own norm (so
   every statistics mode behaves identically), then the recurrence runs in an autograd
@@ -44,7 +44,7 @@ IMPLS = ("reference", "fast")
 class ImplOptions(LSTMOptions):
     """LSTM options plus which implementation runs: "reference" (the one time loop) or "fast"."""
 
-    impl: str = "reference"
+    impl: str = "fast"  # or "reference": the straightforward loop of suite.recurrent, same parameters
 
 
 def stack_class(impl: str, fast: type[Recurrent], variant: str) -> type[Recurrent]:
@@ -108,7 +108,7 @@ class FusedRecurrent(Recurrent):
 
 
 class LoopRecurrent(Recurrent):
-    """A stack whose layers run the recurrence in `LSTMLoop` (no in-loop norms) or `NormLoop`."""
+    """A stack whose layers run on the native step kernels, or in `LSTMLoop` (no in-loop norms) or `NormLoop`."""
 
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
         """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
@@ -148,7 +148,7 @@ def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
     """How a layer runs on input x: the native kernels (CPU, where they build), else `LSTMLoop`
     or `NormLoop`; None where none of them computes it exactly (the reference loop then does)."""
-    if not x.is_cuda and native_loop.supports(layer, x.shape[1]):
+    if not x.is_cuda and native_loop.supports(layer):
         if native_build.load() is not None:
             return native_loop.run_layer
         if native_build.enabled():

@@ -2,11 +2,12 @@
 
 `run_layer` runs one `LSTMLayer` whose norms are identities, per-step batch norms or layer
 norms (`bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8): PyTorch does the
-input term W_x x for all steps (one matrix multiply), the recurrent product h_{t-1} W_h^T of
-every step and, in the backward pass, dh_t and the weight gradients as one matrix multiply
-each; one kernel call per step does all three normalizations, the gates and the cell, and one
-more its gradients. Batch statistics computed in the kernel go to `StepBatchNorm.record`,
-so running averages and re-estimation follow the reference's rules exactly.
+recurrent product h_{t-1} W_h^T of every step, the input term W_x x for all steps at once
+when the input is wide, and in the backward pass dh_t per step and the weight gradients in one
+matrix multiply each; one kernel call per step does all three normalizations, the gates and
+the cell (and W_x x_t for narrow inputs), and one more their gradients. Batch statistics
+computed in the kernel go to `StepBatchNorm.record`, so running averages and re-estimation
+follow the reference's rules exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite.cells.norms import ACCUMULATE, POPULATION, Identity, LayerNorm, StepBatchNorm
+from suite.cells.norms import POPULATION, Identity, LayerNorm, StepBatchNorm
 from suite.native.build import load
 from suite.recurrent import LSTMLayer
 
@@ -28,8 +29,8 @@ NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
 SMALL_INPUT = 8
 # Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
-BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part", "zh", "acts", "c", "tcn", "h",
-           "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch")
+BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part",
+           "zh", "acts", "c", "tcn", "h", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch")
 
 
 class _NormStruct(ctypes.Structure):
@@ -68,7 +69,7 @@ class Slot:
                            _ptr(self.grads.get("beta")))
 
 
-def slot_kind(norm: nn.Module, batch: int) -> int | None:
+def slot_kind(norm: nn.Module) -> int | None:
     """The kernel's kind for a norm in its current statistics mode; None where it has none."""
     if isinstance(norm, Identity):
         return NONE
@@ -79,12 +80,12 @@ def slot_kind(norm: nn.Module, batch: int) -> int | None:
     return None
 
 
-def supports(layer: nn.Module, batch: int) -> bool:
+def supports(layer: nn.Module) -> bool:
     """True when `run_layer` computes this layer (norm_x may also be one the kernel lacks)."""
     if not isinstance(layer, LSTMLayer):
         return False
-    kinds = [slot_kind(layer.norm_h, batch), slot_kind(layer.norm_c, batch)]
-    x_kind = slot_kind(layer.norm_x, batch)
+    kinds = [slot_kind(layer.norm_h), slot_kind(layer.norm_c)]
+    x_kind = slot_kind(layer.norm_x)
     # Batch norm is per unit over the batch, layer norm per example over units: the gate pass
     # runs one way or the other, so norm_x and norm_h must not mix them.
     gate_kinds = {k for k in (x_kind if x_kind is not None else NONE, kinds[0]) if k != NONE}
@@ -117,7 +118,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     steps, batch, features = x.shape
     real = None if mask is None else mask.to(x.dtype).contiguous()
     count = batch if real is None else real.sum(1)
-    x_kind = slot_kind(layer.norm_x, batch)
+    x_kind = slot_kind(layer.norm_x)
     if x_kind is not None and features <= SMALL_INPUT:
         source, w_x = x.contiguous(), layer.weight_ih
     else:
@@ -125,7 +126,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
         if x_kind is None:  # e.g. statistics shared over time: the reference norm, before the loop
             source, x_kind = layer.norm_x.sequence(source, mask, time_offset), NONE
     norms = (layer.norm_x if x_kind != NONE else Identity(), layer.norm_h, layer.norm_c)
-    kinds = (x_kind, slot_kind(layer.norm_h, batch), slot_kind(layer.norm_c, batch))
+    kinds = (x_kind, slot_kind(layer.norm_h), slot_kind(layer.norm_c))
     slots = [_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
     params, owners = [], []
     for slot, norm in zip(slots, norms):

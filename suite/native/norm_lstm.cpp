@@ -1,7 +1,7 @@
 // One time step of the normalized LSTM (Cooijmans et al. 2016, Eq. 6-8), forward and backward,
 // fused into two passes over cache-resident (B, 4H) and (B, H) blocks.
 //
-// The caller (suite/native/build.py) runs the time loop and the recurrent matrix products
+// The caller (suite/native/loop.py) runs the time loop and the recurrent matrix products
 // in PyTorch; these functions do everything else of a step: the three normalizations (per-step
 // batch norm with batch or population statistics, or layer norm), the gate nonlinearities, the
 // cell update, and their hand-derived gradients. No PyTorch headers: plain C++ with OpenMP,

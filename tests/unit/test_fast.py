@@ -83,9 +83,12 @@ def inputs(dtype=torch.float64, batch_first=False):
 
 
 def test_impl_selects_the_class_and_rejects_unknown_values():
-    assert type(variants.build("lstm", F, H)) is Recurrent  # the default stays the reference
-    assert isinstance(variants.build("wn_lstm", F, H, impl="fast"), FusedRecurrent)
-    assert isinstance(variants.build("bn_vertical", F, H, impl="fast"), LoopRecurrent)
+    for name in FAST:  # the fast paths are the defaults; the reference stays one option away
+        assert type(variants.build(name, F, H)) is type(variants.build(name, F, H, impl="fast"))
+        assert type(variants.build(name, F, H, impl="reference")) is Recurrent
+    assert isinstance(variants.build("wn_lstm", F, H), FusedRecurrent)
+    for name in ("lstm", "bn_vertical", "bn_lstm", "ln_lstm"):  # one loop machinery, norms or not
+        assert isinstance(variants.build(name, F, H), LoopRecurrent)
     with pytest.raises(ConfigError, match="impl must be one of"):
         variants.build("lstm", F, H, impl="turbo")
 

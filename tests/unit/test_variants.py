@@ -158,9 +158,10 @@ def copy_into_torch_lstm(rnn, layers: int) -> torch.nn.LSTM:
     return reference
 
 
-def test_lstm_equals_torch_lstm_with_copied_weights():
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_lstm_equals_torch_lstm_with_copied_weights(impl):
     torch.manual_seed(0)
-    rnn = variants.build("lstm", F, H, num_layers=2).double()
+    rnn = variants.build("lstm", F, H, num_layers=2, impl=impl).double()
     reference = copy_into_torch_lstm(rnn, 2)
     x = torch.randn(T, B, F, dtype=torch.float64, requires_grad=True)
     hx = (torch.randn(2, B, H, dtype=torch.float64), torch.randn(2, B, H, dtype=torch.float64))
@@ -214,9 +215,10 @@ def test_bidirectional_shapes_and_padding(name, x):
     assert all(p.grad is not None for p in rnn.parameters())
 
 
-def test_bidirectional_lstm_equals_torch_lstm_with_copied_weights():
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_bidirectional_lstm_equals_torch_lstm_with_copied_weights(impl):
     torch.manual_seed(0)
-    rnn = variants.build("lstm", F, H, num_layers=2, bidirectional=True).double()
+    rnn = variants.build("lstm", F, H, num_layers=2, bidirectional=True, impl=impl).double()
     reference = torch.nn.LSTM(F, H, 2, bidirectional=True).double()
     with torch.no_grad():
         for index, layer in enumerate(rnn.layers):
