@@ -48,7 +48,7 @@ class Shape:
 
 
 SHAPES: dict[str, Shape] = {
-    "smnist": Shape("smnist", 784, 100, 1, 100, cpu_rounds=3),
+    "smnist": Shape("smnist", 784, 100, 1, 100, cpu_rounds=7),
     "ptb": Shape("ptb", 100, 64, 50, 1000, one_hot=True, cpu_rounds=3),
     "ptb256": Shape("ptb256", 100, 64, 50, 256, one_hot=True, cpu_rounds=5),
     # Seconds for everything: a smoke test of the machinery, not a measurement.

@@ -352,14 +352,20 @@ void row_backward(const Norm<T>& n, const T* z, T* dy, int64_t B, int64_t C, int
   const T mean = n.mean[t * B + b], invstd = n.invstd[t * B + b];
   T* dg = n.d_gamma ? n.d_gamma + p * C : nullptr;
   T* db = n.d_beta ? n.d_beta + p * C : nullptr;
+  if (dg) {
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) dg[j] += dy[j] * (z[j] - mean) * invstd;
+  }
+  if (db) {
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) db[j] += dy[j];
+  }
   T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
   for (int64_t j = 0; j < C; ++j) {
-    T xhat = (z[j] - mean) * invstd;
-    if (dg) dg[j] += dy[j] * xhat;
-    if (db) db[j] += dy[j];
     T g = dy[j] * n.gamma[j];
     s1 += g;
-    s2 += g * xhat;
+    s2 += g * (z[j] - mean) * invstd;
   }
   s1 /= T(C);
   s2 /= T(C);
