@@ -201,6 +201,18 @@ def time_rounds(run: Callable[[], None], rounds: int, warmup: int = 1) -> list[f
     return out
 
 
+def time_interleaved(runs: list[Callable[[], None]], rounds: int) -> list[list[float]]:
+    """Seconds of `rounds` calls of each run, taken in turn (run 0, 1, ..., then 0 again), so that
+    a machine getting slower or faster meanwhile moves every run's figures alike."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, out in zip(runs, times):
+            tick = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - tick)
+    return times
+
+
 def median(values: list[float]) -> float:
     """The median of a list of timings."""
     return statistics.median(values)

@@ -1,9 +1,11 @@
 """`suite bench`: time every variant against cudnn_lstm and write the Arrow `throughput` table.
 
 The workloads are those of the pytest-benchmark suite (`suite.throughput`): one training batch
-(forward+backward) and one evaluation batch (forward only) at the paper's shapes. One row per
-(variant implementation, shape, direction) goes to `DIR/<name>/throughput/<id>.parquet`,
-with the ratio to cudnn_lstm measured in the same process and the peak memory.
+(forward+backward) and one evaluation batch (forward only) at the paper's shapes. The rounds of
+all variants at one shape and direction are taken in turn, so drift in the machine's speed
+does not bias the ratios. One row per (variant implementation, shape, direction) goes to
+`DIR/<name>/throughput/<id>.parquet`, with the ratio to cudnn_lstm measured in the same
+process and the peak memory.
 """
 
 from __future__ import annotations
@@ -55,25 +57,28 @@ def main(args: argparse.Namespace) -> int:
     perf.apply_malloc_tuning()
     env = json.dumps(environment() | {"malloc_tuning": perf.malloc_tuning_state()}, sort_keys=True)
     trial_id = f"bench-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}"
-    rows, reference = [], {}
-    for entry, shape, direction in cases:
+    groups: dict[tuple[str, str], list[tuple[tp.Entry, tp.Shape, str]]] = {}
+    for case in cases:
+        groups.setdefault((case[1].name, case[2]), []).append(case)
+    rows = []
+    for (_, direction), group in groups.items():
+        shape = group[0][1]
         rounds = args.rounds or (10 if device.type == "cuda" else shape.cpu_rounds)
-        run = tp.workload(entry, shape, direction, device)
-        memory = tp.peak_memory(run, device)  # doubles as the warm-up call
-        times = tp.time_rounds(run, rounds, warmup=0)
-        med = tp.median(times)
-        if entry.variant == tp.REFERENCE:
-            reference[(shape.name, direction)] = med
-        ratio = med / reference[(shape.name, direction)]
-        rows.append({"study": args.name, "trial_id": trial_id, "task": shape.name, "variant": entry.label,
-                     "seed": 0, "shape": shape.name, "steps": shape.steps, "batch": shape.batch,
-                     "input_size": shape.input_size, "hidden_size": shape.hidden_size, "direction": direction,
-                     "device": str(device), "seconds_median": med, "seconds_min": min(times), "rounds": rounds,
-                     "ratio_to_cudnn": ratio, "peak_memory_bytes": memory, "env_json": env})
-        if not args.quiet:
-            mem = f"{memory / 2**20:8.1f} MiB" if memory is not None else "       ? MiB"
-            print(f"{shape.name:7s} {direction:8s} {entry.label:24s} {med * 1e3:9.1f} ms  x{ratio:5.2f}  {mem}",
-                  flush=True)
+        runs = [tp.workload(entry, shape, direction, device) for entry, _, _ in group]
+        memories = [tp.peak_memory(run, device) for run in runs]  # doubles as the warm-up calls
+        timings = tp.time_interleaved(runs, rounds)
+        reference = tp.median(timings[0])  # grid() puts cudnn_lstm first in every group
+        for (entry, _, _), memory, times in zip(group, memories, timings):
+            med = tp.median(times)
+            rows.append({"study": args.name, "trial_id": trial_id, "task": shape.name, "variant": entry.label,
+                         "seed": 0, "shape": shape.name, "steps": shape.steps, "batch": shape.batch,
+                         "input_size": shape.input_size, "hidden_size": shape.hidden_size, "direction": direction,
+                         "device": str(device), "seconds_median": med, "seconds_min": min(times), "rounds": rounds,
+                         "ratio_to_cudnn": med / reference, "peak_memory_bytes": memory, "env_json": env})
+            if not args.quiet:
+                mem = f"{memory / 2**20:8.1f} MiB" if memory is not None else "       ? MiB"
+                print(f"{shape.name:7s} {direction:8s} {entry.label:24s} {med * 1e3:9.1f} ms  "
+                      f"x{med / reference:5.2f}  {mem}", flush=True)
     path = write_table(to_table(rows, THROUGHPUT), f"{args.results.rstrip('/')}/{args.name}", "throughput", trial_id)
     if not args.quiet:
         print(f"wrote {len(rows)} rows to {path}")

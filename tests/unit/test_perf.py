@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from suite import perf
+from suite import perf, throughput
 from suite.cli import main
 from suite.results import read_table
 
@@ -32,6 +32,13 @@ def test_bench_writes_the_throughput_table(tmp_path, capsys):
         if sys.platform == "linux":
             assert row["peak_memory_bytes"] is not None
     assert "bn_vertical[fast]" in capsys.readouterr().out
+
+
+def test_rounds_are_interleaved_across_variants():
+    """A machine that slows down halfway must slow every variant's rounds alike."""
+    calls = []
+    times = throughput.time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], 3)
+    assert calls == ["a", "b"] * 3 and [len(t) for t in times] == [3, 3]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -59,7 +66,7 @@ def test_malloc_env_merges_and_switches_off(monkeypatch):
 # counts the minor page faults that costs.
 PROBE = textwrap.dedent("""
     import json, resource, sys, torch
-    from suite import perf
+    from suite import perf, throughput
     if sys.argv[1] == "mallopt":
         perf.apply_malloc_tuning()
     for _ in range(10):  # warm-up: with the tuning the heap needs ~8 rounds to settle (aligned blocks leave holes)
