@@ -27,6 +27,11 @@ NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
 # Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
 # a (T, B, 4H) array of input terms written, read and differentiated through memory.
 SMALL_INPUT = 8
+# Batch-norm and identity steps split units over threads, so every thread walks every example's
+# row: below this many gate values per step (smnist: 40k, ptb256: 65k) one thread was as fast
+# and far steadier on 2 shared cores (two threads swung between 1.1x and 1.7x of cudnn_lstm
+# from run to run). Layer-norm steps split examples and keep every thread.
+PARALLEL_UNITS = 1 << 17
 # Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
 BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part",
@@ -144,6 +149,12 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
 
+def kernel_threads(slots: list[Slot], gate_values: int) -> int:
+    """Threads for a step's kernel calls: torch's, or one for small batch-norm/identity steps."""
+    by_rows = LAYER in (slots[0].kind, slots[1].kind) or slots[2].kind == LAYER
+    return torch.get_num_threads() if by_rows or gate_values >= PARALLEL_UNITS else 1
+
+
 def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slots: list[Slot]) -> _LoopStruct:
     return _LoopStruct(*(sizes[n] for n in SIZES), *(_ptr(buffers.get(n)) for n in BUFFERS),
                        *(s.struct() for s in slots))
@@ -164,7 +175,7 @@ class NativeLoop(torch.autograd.Function):
         four_h, hidden = w.shape[0], w.shape[1]
         keep = any(ctx.needs_input_grad)
         kept = steps if keep else 1
-        threads = torch.get_num_threads()
+        threads = kernel_threads(slots, batch * four_h)
         new = source.new_empty
         sizes = dict(steps=steps, batch=batch, hidden=hidden, threads=threads, kept=int(keep),
                      features=source.shape[2] if w_x is not None else 0)
