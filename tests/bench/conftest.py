@@ -47,6 +47,6 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 @pytest.fixture(scope="session")
-def reference_times() -> dict:
-    """Median seconds and peak memory of cudnn_lstm per (shape, direction, device), as measured."""
+def reference_runs() -> dict:
+    """cudnn_lstm's workload and peak memory per (shape, direction, device), built once per session."""
     return {}
