@@ -148,7 +148,7 @@ def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
     """How a layer runs on input x: the native kernels (CPU, where they build), else `LSTMLoop`
     or `NormLoop`; None where none of them computes it exactly (the reference loop then does)."""
-    if not x.is_cuda and native_loop.supports(layer):
+    if native_loop.supports(layer, x):
         if native_build.load() is not None:
             return native_loop.run_layer
         if native_build.enabled():

@@ -85,9 +85,12 @@ def slot_kind(norm: nn.Module) -> int | None:
     return None
 
 
-def supports(layer: nn.Module) -> bool:
-    """True when `run_layer` computes this layer (norm_x may also be one the kernel lacks)."""
-    if not isinstance(layer, LSTMLayer):
+def supports(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when `run_layer` computes this layer on input x (norm_x may also be one the kernel lacks)."""
+    if not isinstance(layer, LSTMLayer) or x.is_cuda or torch.is_autocast_enabled("cpu"):
+        return False
+    # The kernels read float32 or float64 through raw pointers: input and every parameter alike.
+    if x.dtype not in (torch.float32, torch.float64) or any(p.dtype != x.dtype for p in layer.parameters()):
         return False
     kinds = [slot_kind(layer.norm_h), slot_kind(layer.norm_c)]
     x_kind = slot_kind(layer.norm_x)

@@ -125,6 +125,23 @@ def test_gradcheck_with_population_statistics(name):
     _params_gradcheck(name, 2, POPULATION)
 
 
+def test_other_dtypes_and_autocast_leave_the_kernels():
+    """The kernels read float32/float64 memory: anything else goes to the PyTorch loops or the reference."""
+    ref, fast = pair64("bn_lstm", 2, 3, 4)
+    x = torch.randn(4, 5, 2, dtype=torch.float64)
+    assert layer_runner(fast.layers[0], x) is loop.run_layer
+    assert layer_runner(fast.layers[0], x.float()) is not loop.run_layer  # mixed dtypes
+    with pytest.raises(RuntimeError):  # and the same error as the reference gives
+        fast(x.float())
+    with pytest.raises(RuntimeError):
+        ref(x.float())
+    want = ref(x)[0]
+    got = fast.bfloat16()(x.bfloat16())[0]  # the PyTorch loop, in bfloat16's precision
+    torch.testing.assert_close(got.double(), want, atol=0.05, rtol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer_runner(fast.layers[0], x) is not loop.run_layer
+
+
 def test_kernel_threads_split_only_large_or_layer_norm_steps(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     bn, ln, none = loop.Slot(loop.BN_BATCH), loop.Slot(loop.LAYER), loop.Slot(loop.NONE)
