@@ -187,7 +187,7 @@ def peak_memory(run: Callable[[], None], device: torch.device | str = "cpu") -> 
     return (peak - base) * 1024
 
 
-# --- plain timing, for `suite bench` and for a reference missing from a pytest session --------
+# --- plain timing, for `suite bench` and the malloc benchmark ---------------------------------
 
 def time_rounds(run: Callable[[], None], rounds: int, warmup: int = 1) -> list[float]:
     """Seconds of `rounds` calls of `run` after `warmup` untimed calls."""

@@ -92,12 +92,14 @@ def supports(layer: nn.Module, x: torch.Tensor) -> bool:
     # The kernels read float32 or float64 through raw pointers: input and every parameter alike.
     if x.dtype not in (torch.float32, torch.float64) or any(p.dtype != x.dtype for p in layer.parameters()):
         return False
-    kinds = [slot_kind(layer.norm_h), slot_kind(layer.norm_c)]
-    x_kind = slot_kind(layer.norm_x)
+    x_kind, h_kind, c_kind = (slot_kind(n) for n in (layer.norm_x, layer.norm_h, layer.norm_c))
+    if h_kind is None or c_kind is None:
+        return False
     # Batch norm is per unit over the batch, layer norm per example over units: the gate pass
-    # runs one way or the other, so norm_x and norm_h must not mix them.
-    gate_kinds = {k for k in (x_kind if x_kind is not None else NONE, kinds[0]) if k != NONE}
-    return None not in kinds and not (LAYER in gate_kinds and len(gate_kinds) > 1)
+    # runs one way or the other, so norm_x and norm_h must not mix them (a norm_x the kernel
+    # lacks runs before the loop and is no norm to it).
+    gate_kinds = {k for k in (x_kind, h_kind) if k not in (None, NONE)}
+    return not (LAYER in gate_kinds and len(gate_kinds) > 1)
 
 
 def _slot(norm: nn.Module, kind: int, steps: int, batch: int, offset: int, like: torch.Tensor) -> Slot:
@@ -154,7 +156,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
 
 def kernel_threads(slots: list[Slot], gate_values: int) -> int:
     """Threads for a step's kernel calls: torch's, or one for small batch-norm/identity steps."""
-    by_rows = LAYER in (slots[0].kind, slots[1].kind) or slots[2].kind == LAYER
+    by_rows = any(slot.kind == LAYER for slot in slots)
     return torch.get_num_threads() if by_rows or gate_values >= PARALLEL_UNITS else 1
 
 
@@ -225,7 +227,7 @@ class NativeLoop(torch.autograd.Function):
             both_none = slots[0].kind == NONE and slots[1].kind == NONE
             buffers["d_zx"] = d_zh if both_none else new(steps, batch, four_h)
         for slot, name in owners:
-            slot.grads[name] = zeros(threads, (slot.gamma if name == "gamma" else slot.beta).shape[0])
+            slot.grads[name] = zeros(threads, getattr(slot, name).shape[0])
         library = load()
         loop = _struct(sizes, buffers, slots)
         step = library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32
