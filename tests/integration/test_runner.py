@@ -110,13 +110,14 @@ def worker_of(trial: str, tmp: str):
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
     """kill -9 of the trial's worker mid-run: Tune restarts it from the last checkpoint, rows exactly once."""
     path = tmp_path / "kill.toml"
-    path.write_text(study_text("kill", steps=200, eval_every=20, max_failures=2))
+    # Long enough (about 10 s here) that the kill lands mid-run on a slow machine too.
+    path.write_text(study_text("kill", steps=1000, eval_every=100, max_failures=2))
     root = tmp_path / "res" / "kill"
     trial = "adding-lstm-s0"
     proc = start(["run", str(path), "--results", str(tmp_path / "res")], ray_tmp)
     wait_for(lambda: len(curve_steps(root, trial)) >= 2 and worker_of(trial, ray_tmp) is not None, proc)
     killed_at = max(curve_steps(root, trial))
-    assert killed_at < 200, "the trial finished before it could be killed; make it longer"
+    assert killed_at < 1000, "the trial finished before it could be killed; make it longer"
     worker = worker_of(trial, ray_tmp)
     worker.kill()  # SIGKILL, by pid
     code, out = finish(proc)
@@ -124,49 +125,51 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
     assert "worker failed; retrying from its last checkpoint" in out
     after = out.split("retrying from its last checkpoint", 1)[1]
     first_step_after = int(after.split(f"{trial} step ", 1)[1].split("/", 1)[0])
-    assert first_step_after > 20, f"the retry started from scratch:\n{out}"
-    assert curve_steps(root, trial) == list(range(20, 201, 20))  # every point exactly once
+    assert first_step_after > 100, f"the retry started from scratch:\n{out}"
+    assert curve_steps(root, trial) == list(range(100, 1001, 100))  # every point exactly once
     curve = read_table(str(root), "curve").to_pandas()
     assert not curve.duplicated(["trial_id", "step", "split"]).any()
     assert statuses(root) == {trial: "finished"}
     summary = read_table(str(root), "summary").to_pylist()[0]
-    assert summary["steps"] == 200 and summary["study"] == "kill" and summary["variant"] == "lstm"
+    assert summary["steps"] == 1000 and summary["study"] == "kill" and summary["variant"] == "lstm"
     assert '"hidden_size": 12' in summary["config_json"] and '"torch"' in summary["env_json"]
 
 
 def test_sigint_then_resume_skips_finished_trials(tmp_path, ray_tmp):
     """Ctrl-C: finished and diverged trials keep their rows; --resume completes the rest, each row once."""
     path = tmp_path / "mixed.toml"
-    # lr 1e30 makes Adam's first updates blow the weights up: those trials diverge.
-    path.write_text(study_text("mixed", steps=300, eval_every=20) + '\n[grid]\n"optim.lr" = [0.01, 1e30]\n'
-                    '"train.steps" = [20, 300]\n')
+    # lr 1e30 makes Adam's first updates blow the weights up: those trials diverge. The slow
+    # trial is long enough (about 15 s here) for the short ones to end while it still runs.
+    path.write_text(study_text("mixed", steps=1500, eval_every=100) + '\n[grid]\n"optim.lr" = [0.01, 1e30]\n'
+                    '"train.steps" = [20, 1500]\n')
     results = tmp_path / "res"
     root = results / "mixed"
-    fast, slow = "adding-lstm-s0-lr=0.01-steps=20", "adding-lstm-s0-lr=0.01-steps=300"
+    fast, slow = "adding-lstm-s0-lr=0.01-steps=20", "adding-lstm-s0-lr=0.01-steps=1500"
+    diverged_fast, diverged_slow = "adding-lstm-s0-lr=1e+30-steps=20", "adding-lstm-s0-lr=1e+30-steps=1500"
     proc = start(["run", str(path), "--results", str(results)], ray_tmp)
-    wait_for(lambda: (root / "summary" / f"{fast}.parquet").exists() and len(curve_steps(root, slow)) >= 1, proc)
+    wait_for(lambda: all((root / "summary" / f"{t}.parquet").exists() for t in (fast, diverged_fast))
+             and len(curve_steps(root, slow)) >= 1, proc)
+    assert not (root / "summary" / f"{slow}.parquet").exists(), "the slow trial ended before Ctrl-C; make it longer"
     fast_written = (root / "summary" / f"{fast}.parquet").stat().st_mtime_ns
     proc.send_signal(signal.SIGINT)
     code, out = finish(proc)
     assert code == 130, out
     assert "--resume" in out
     first = statuses(root)
-    assert first[fast] == "finished" and first[slow] == "interrupted"
-    assert first["adding-lstm-s0-lr=1e+30-steps=20"] == "diverged"
+    assert first[fast] == "finished" and first[slow] == "interrupted" and first[diverged_fast] == "diverged"
 
     code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp))
     assert code == 0, out
-    assert f"{fast} started" not in out  # finished trials are skipped, not rerun
+    assert f"{fast} started" not in out and f"{diverged_fast} started" not in out  # ended trials are not rerun
     assert (root / "summary" / f"{fast}.parquet").stat().st_mtime_ns == fast_written
     final = statuses(root)
-    assert final == {fast: "finished", slow: "finished", "adding-lstm-s0-lr=1e+30-steps=20": "diverged",
-                     "adding-lstm-s0-lr=1e+30-steps=300": "diverged"}
-    assert curve_steps(root, slow) == list(range(20, 301, 20))
+    assert final == {fast: "finished", slow: "finished", diverged_fast: "diverged", diverged_slow: "diverged"}
+    assert curve_steps(root, slow) == list(range(100, 1501, 100))
     assert curve_steps(root, fast) == [20]
     curve = read_table(str(root), "curve").to_pandas()
     assert not curve.duplicated(["trial_id", "step", "split"]).any()
-    diverged = read_table(str(root), "summary").to_pandas().set_index("trial_id").loc["adding-lstm-s0-lr=1e+30-steps=300"]
-    assert diverged["steps"] < 300
+    diverged = read_table(str(root), "summary").to_pandas().set_index("trial_id").loc[diverged_slow]
+    assert diverged["steps"] < 1500
 
 
 @pytest.mark.slow
