@@ -176,13 +176,14 @@ def test_sigint_then_resume_skips_finished_trials(tmp_path, ray_tmp):
 def test_sigkill_driver_then_resume(tmp_path, ray_tmp):
     """kill -9 of the driver (experiment state saved every second): --resume skips the finished trial."""
     path = tmp_path / "killed.toml"
-    path.write_text(study_text("killed", steps=300, eval_every=20) + '\n[grid]\n"train.steps" = [20, 300]\n')
+    path.write_text(study_text("killed", steps=1500, eval_every=100) + '\n[grid]\n"train.steps" = [20, 1500]\n')
     results = tmp_path / "res"
     root = results / "killed"
-    fast, slow = "adding-lstm-s0-steps=20", "adding-lstm-s0-steps=300"
+    fast, slow = "adding-lstm-s0-steps=20", "adding-lstm-s0-steps=1500"
     proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
     wait_for(lambda: (root / "summary" / f"{fast}.parquet").exists() and len(curve_steps(root, slow)) >= 2, proc)
     time.sleep(2.5)  # let Tune snapshot the experiment state after the fast trial ended
+    assert not (root / "summary" / f"{slow}.parquet").exists(), "the slow trial ended before the kill; make it longer"
     import psutil
 
     children = psutil.Process(proc.pid).children(recursive=True)  # outlive the driver otherwise
@@ -195,4 +196,4 @@ def test_sigkill_driver_then_resume(tmp_path, ray_tmp):
     assert code == 0, out
     assert f"{fast} started" not in out
     assert statuses(root) == {fast: "finished", slow: "finished"}
-    assert curve_steps(root, slow) == list(range(20, 301, 20))
+    assert curve_steps(root, slow) == list(range(100, 1501, 100))
