@@ -11,9 +11,9 @@ parameters, buffers and state_dict are exactly the reference's; only `forward` d
   native step kernels (`suite.native`) where they build. Otherwise (GPU, no compiler) the
   input term norm_x(W_x x) + b is computed for all steps by the reference's own norm (so
   every statistics mode behaves identically), then the recurrence runs in an autograd
-  Function with a hand-derived backward (Cooijmans et al. 2016, Eq. 6-8): `LSTMLoop` when
-  norm_h and norm_c are identities, `NormLoop` with torch's batch-norm / layer-norm kernels
-  per step otherwise. Bidirectional stacks run their reverse layers on the flipped input.
+  Function with a hand-derived backward (Cooijmans et al. 2016, Eq. 6-8), `NormLoop`, with
+  torch's batch-norm / layer-norm kernels per step where norm_h and norm_c are not identities.
+  Bidirectional stacks run their reverse layers on the flipped input.
   Explicit fallbacks to the reference loop, in `forward`, for the PyTorch loops only: `lengths`,
   the accumulate (re-estimation) statistics mode and batch statistics of a single example.
 
@@ -108,7 +108,7 @@ class FusedRecurrent(Recurrent):
 
 
 class LoopRecurrent(Recurrent):
-    """A stack whose layers run on the native step kernels, or in `LSTMLoop` (no in-loop norms) or `NormLoop`."""
+    """A stack whose layers run on the native step kernels, or in `NormLoop`."""
 
     def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
         """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
@@ -146,8 +146,8 @@ def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
-    """How a layer runs on input x: the native kernels (CPU, where they build), else `LSTMLoop`
-    or `NormLoop`; None where none of them computes it exactly (the reference loop then does)."""
+    """How a layer runs on input x: the native kernels (CPU, where they build), else `NormLoop`;
+    None where neither computes it exactly (the reference loop then does)."""
     if native_loop.supports(layer, x):
         if native_build.load() is not None:
             return native_loop.run_layer
@@ -155,25 +155,12 @@ def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
             warnings.warn(f"impl='fast' runs the slower PyTorch loop: {native_build.reason()}", stacklevel=2)
     if not supports_norm_loop(layer, x.shape[1]):
         return None
-    return loop_layer if supports_loop(layer) else norm_loop_layer
-
-
-def supports_loop(layer: nn.Module) -> bool:
-    """True when `LSTMLoop` computes this layer exactly (no norm inside the recurrence)."""
-    return isinstance(layer, LSTMLayer) and isinstance(layer.norm_h, Identity) and isinstance(layer.norm_c, Identity)
+    return norm_loop_layer
 
 
 def supports_norm_loop(layer: nn.Module, batch: int) -> bool:
-    """True when `LSTMLoop` or `NormLoop` computes this layer exactly in its current statistics mode."""
-    return supports_loop(layer) or (isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch)
-                                    and _norm_supported(layer.norm_c, batch))
-
-
-def _gate_scale(hidden: int, like: torch.Tensor) -> torch.Tensor:
-    """(4H,) ones with 2 on the g block: tanh(z) = 2 sigmoid(2z) - 1 lets one sigmoid cover all gates."""
-    scale = torch.ones(4 * hidden, dtype=like.dtype, device=like.device)
-    scale[2 * hidden:3 * hidden] = 2.0
-    return scale
+    """True when `NormLoop` computes this layer exactly in its current statistics mode."""
+    return isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch) and _norm_supported(layer.norm_c, batch)
 
 
 def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Tensor:
@@ -206,95 +193,13 @@ def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Ten
     return xg + layer.bias
 
 
-def loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
-    """One layer: norm_x(W_x x) + b for all steps (`input_term`), then `LSTMLoop`."""
-    xg = input_term(layer, x, time_offset)
-    scale = _gate_scale(layer.hidden_size, xg)
-    out, h, c = LSTMLoop.apply(xg * scale, layer.weight_hh * scale.unsqueeze(1), h0, c0)
-    return out, (h, c)
-
-
-class LSTMLoop(torch.autograd.Function):
-    """The LSTM recurrence over precomputed input gates, with a hand-derived backward.
-
-    Inputs: xg (T, B, 4H) = W_x x_t + b with the g block doubled, w (4H, H) = W_h with its g
-    rows doubled, h0 and c0 (B, H). Then a_t = sigmoid(xg_t + h_{t-1} w^T) holds all four
-    gates (g = 2 a_g - 1 = tanh of the undoubled pre-activation), c_t = f c_{t-1} + i g,
-    h_t = o tanh(c_t). Returns the outputs (T, B, H), h_T and c_T.
-
-    Saved: the gate activations (T, B, 4H) and c, h, tanh(c) per step. The backward computes
-    every factor that does not depend on the incoming gradient for all steps at once, leaving
-    five small operations per step, and accumulates the W_h gradient in one matrix multiply.
-    """
-
-    @staticmethod
-    def forward(ctx, xg: torch.Tensor, w: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
-        steps, batch, four_h = xg.shape
-        hidden = four_h // 4
-        keep = any(ctx.needs_input_grad)  # without a backward, per-step buffers are reused
-        kept = steps if keep else 1
-        acts = xg.new_empty(kept, batch, four_h)
-        hs = xg.new_empty(steps + 1, batch, hidden)
-        cs = xg.new_empty(kept + 1, batch, hidden)
-        tanh_c = xg.new_empty(kept, batch, hidden)
-        g = xg.new_empty(batch, hidden)
-        hs[0], cs[0] = h0, c0
-        w_t = w.t()
-        for t in range(steps):
-            k, c_prev, c_next = (t, cs[t], cs[t + 1]) if keep else (0, cs[t % 2], cs[(t + 1) % 2])
-            a = acts[k]
-            torch.addmm(xg[t], hs[t], w_t, out=a)
-            torch.sigmoid(a, out=a)
-            i, f, g2, o = a.chunk(4, 1)
-            torch.mul(g2, 2.0, out=g).sub_(1.0)
-            torch.mul(f, c_prev, out=c_next).addcmul_(i, g)
-            torch.tanh(c_next, out=tanh_c[k])
-            torch.mul(o, tanh_c[k], out=hs[t + 1])
-        if keep:
-            ctx.save_for_backward(acts, hs, cs, tanh_c, w)
-        return hs[1:], hs[-1].clone(), c_next.clone()
-
-    @staticmethod
-    def backward(ctx, d_out, d_hn, d_cn):
-        acts, hs, cs, tanh_c, w = ctx.saved_tensors
-        steps, batch, four_h = acts.shape
-        hidden = four_h // 4
-        i, f, g2, o = acts.chunk(4, 2)
-        # Step-independent factors: d pre-activation = (partner * sigmoid') times dc (i, f, g) or dh (o).
-        deriv = acts * (1.0 - acts)
-        deriv[..., 2 * hidden:3 * hidden] *= 2.0
-        partner = torch.cat([g2 * 2.0 - 1.0, cs[:-1], i, tanh_c], dim=2).mul_(deriv)
-        q = o * (1.0 - tanh_c * tanh_c)  # dc_t += dh_t * o_t * tanh'(c_t)
-        d_gates = torch.empty_like(acts)
-        d_out = d_out if d_out is not None else acts.new_zeros(steps, batch, hidden)
-        dh = d_hn.clone() if d_hn is not None else acts.new_zeros(batch, hidden)
-        dc = d_cn.clone() if d_cn is not None else acts.new_zeros(batch, hidden)
-        for t in range(steps - 1, -1, -1):
-            if t == steps - 1:
-                dh.add_(d_out[t])
-            else:
-                dh = torch.addmm(d_out[t], d_gates[t + 1], w)
-                dc.mul_(f[t + 1])
-            dc.addcmul_(dh, q[t])
-            torch.mul(partner[t, :, :3 * hidden].view(batch, 3, hidden), dc.unsqueeze(1),
-                      out=d_gates[t, :, :3 * hidden].view(batch, 3, hidden))
-            torch.mul(partner[t, :, 3 * hidden:], dh, out=d_gates[t, :, 3 * hidden:])
-        flat = d_gates.view(steps * batch, four_h)
-        d_w = flat.t().mm(hs[:-1].reshape(steps * batch, hidden)) if ctx.needs_input_grad[1] else None
-        d_h0 = d_gates[0].mm(w) if ctx.needs_input_grad[2] else None
-        d_c0 = dc * f[0] if ctx.needs_input_grad[3] else None
-        return d_gates, d_w, d_h0, d_c0
-
-
-# --- norms inside the recurrence: bn_lstm, ln_lstm ----------------------------------------------
-
 class _StepNorm:
     """One in-loop norm (norm_h or norm_c) as forward/backward kernels over (B, C) steps.
 
     Batch norm uses torch's native kernels with statistics of step t (row min(t, T_max - 1));
     in TRAIN mode the kernel updates that row of the running averages in place, exactly the
     reference's rule (momentum, unbiased variance, rows beyond T_max updated step after step).
-    Layer norm uses the native layer-norm kernels. Identity passes through.
+    Layer norm uses the native layer-norm kernels. Identity (lstm, bn_vertical) passes through.
     """
 
     def __init__(self, norm: nn.Module, time_offset: int):
@@ -351,7 +256,7 @@ def _param(norm: nn.Module, name: str) -> torch.Tensor | None:
 
 
 def norm_loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
-    """One layer with norms inside the recurrence: norm_x(W_x x) + b vectorized, then `NormLoop`."""
+    """One layer: norm_x(W_x x) + b for all steps (`input_term`), then `NormLoop`."""
     xg = input_term(layer, x, time_offset)
     norm_h, norm_c = _StepNorm(layer.norm_h, time_offset), _StepNorm(layer.norm_c, time_offset)
     params = [_param(layer.norm_h, "weight"), _param(layer.norm_h, "bias"),
@@ -366,8 +271,10 @@ class NormLoop(torch.autograd.Function):
     """LSTM recurrence with norm_h on W_h h_{t-1} and norm_c on c_t (Cooijmans et al. 2016, Eq. 6-8).
 
     gates_t = xg_t + norm_h(h_{t-1} W_h^T); c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g);
-    h_t = sigmoid(o) tanh(norm_c(c_t)). Hand-derived backward with the native norm backward
-    kernels; the W_h gradient is one matrix multiply over all steps.
+    h_t = sigmoid(o) tanh(norm_c(c_t)); either norm may be the identity. Hand-derived backward
+    with the native norm backward kernels. Every factor that does not depend on the incoming
+    gradient is computed for all steps at once, and the W_h gradient is one matrix multiply.
+    Saved: W_h h_{t-1}, the gate activations, c, h and tanh(norm_c(c)) per step.
     """
 
     @staticmethod
@@ -418,7 +325,7 @@ class NormLoop(torch.autograd.Function):
         steps, batch, four_h = acts.shape
         hidden = four_h // 4
         i, f, g, o = acts.chunk(4, 2)
-        # Step-independent factors (see LSTMLoop.backward).
+        # Step-independent factors: d pre-activation = (partner * activation') times dc (i, f, g) or dh (o).
         deriv = acts * (1.0 - acts)
         deriv[..., 2 * hidden:3 * hidden] = 1.0 - g * g
         partner = torch.cat([g, cs[:-1], i, tanh_cn], dim=2).mul_(deriv)

@@ -2,8 +2,8 @@
 
 Every check builds the reference and the fast stack from one state_dict and compares
 outputs, final states, every parameter gradient and the BN statistics (train, population,
-batch and re-estimated), in float64 (tight) and float32 (max relative error); `LSTMLoop`'s
-hand-derived backward is checked by gradcheck. Every test runs twice: on the native step
+batch and re-estimated), in float64 (tight) and float32 (max relative error); the
+hand-derived backwards are checked by gradcheck. Every test runs twice: on the native step
 kernels (suite/native) and on the pure-PyTorch loops they fall back to.
 """
 
@@ -15,7 +15,7 @@ import torch
 from suite import variants
 from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.errors import ConfigError
-from suite.fused import FusedRecurrent, LoopRecurrent, LSTMLoop, layer_runner
+from suite.fused import FusedRecurrent, LoopRecurrent, layer_runner
 from suite.native import build, loop
 from suite.recurrent import Recurrent
 
@@ -166,9 +166,9 @@ def test_float32_error_is_small(name):
     assert fast_error < max(1e-5, 10 * ref_error), (fast_error, ref_error)
 
 
-@pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
-def test_norm_loop_gradcheck(name):
-    """gradcheck of the hand-written backward through norm_h and norm_c (batch statistics)."""
+@pytest.mark.parametrize("name", ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"])
+def test_loop_gradcheck(name):
+    """gradcheck of the hand-written backward, through norm_h and norm_c where present (batch statistics)."""
     _, fast = pair(name, num_layers=1)
     x = inputs().requires_grad_(True)
     h0 = torch.randn(1, B, H, dtype=torch.float64, requires_grad=True)
@@ -182,14 +182,6 @@ def test_batch_of_one():
     to the reference (torch's batch-norm kernel refuses them)."""
     ref, fast = pair("bn_lstm")
     assert_same(ref, fast, inputs()[:, :1])
-
-
-def test_lstm_loop_gradcheck():
-    gen = torch.Generator().manual_seed(2)
-    args = [torch.randn(s, dtype=torch.float64, generator=gen, requires_grad=True)
-            for s in ((5, 3, 4 * H), (4 * H, H), (3, H), (3, H))]
-    assert torch.autograd.gradcheck(lambda *a: LSTMLoop.apply(*a), args)
-    assert torch.autograd.gradgradcheck is not None  # (double backward is not supported, nor needed)
 
 
 def saved_bytes(model, x) -> int:
