@@ -5,7 +5,9 @@ state *and every curve row so far*; after a crash Tune restarts the trial from t
 checkpoint, so the curve holds each (trial, step, split) row exactly once. The trial writes
 its own Parquet files (curve after every evaluation, summary at the end) to the results
 location with pyarrow filesystems, so results reach a shared path or an object store from
-whichever node ran it.
+whichever node ran it. A trial whose summary already says it ended (written by an attempt
+whose last report the driver never heard: Ctrl-C or a kill in between) reports that summary
+instead of training again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 # Keys of the dict Tune passes to a trial (`param_space` in runners.local).
 STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
 STATE_FILE = "state.pt"
+DONE = ("finished", "diverged")  # trial statuses that end a trial for good: --resume skips them
 
 
 def study_root(results: str, study: str) -> str:
@@ -56,6 +59,14 @@ class EarlyStopper:
         self.best, self.stale = state["best"], state["stale"]
 
 
+def final_metrics(summary: Mapping[str, Any], total_steps: int, fit_seconds: float) -> dict[str, Any]:
+    """The last `tune.report` of a trial, from its summary row."""
+    return {"step": summary["steps"], "total_steps": total_steps, "valid": summary["valid_at_last"],
+            "best_valid": summary["best_valid"], "best_step": summary["best_step"],
+            "test_at_best": summary["test_at_best"], "status": summary["status"], "fit_seconds": fit_seconds,
+            "pid": os.getpid()}
+
+
 def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Curve rows keyed by (step, split): a re-reported point replaces the old one, never duplicates it."""
     keyed = {(row["step"], row["split"]): row for row in rows}
@@ -70,7 +81,7 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from runners.study import from_dict
-    from suite.results import CURVE, to_table, write_run, write_table
+    from suite.results import CURVE, read_trial_row, to_table, write_run, write_table
     from suite.train import Report, fit
     from tasks.base import create
 
@@ -79,6 +90,11 @@ def train_trial(params: dict[str, Any]) -> None:
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
+    written = read_trial_row(root, "summary", trial.trial_id)
+    if written is not None and written["status"] in DONE:
+        # An earlier attempt ended and wrote its tables, but the driver stopped before it heard: keep them.
+        tune.report(final_metrics(written, config.train.steps, written["wall_seconds"]))
+        return
     # Ray sets OMP_NUM_THREADS for the worker; make torch agree with the CPUs the trial asked for.
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     task = create(config.task.name, config.task.options, config.data.dir, config.data.path)
@@ -114,7 +130,4 @@ def train_trial(params: dict[str, Any]) -> None:
     write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)},
               result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
                                      "hostname": socket.gethostname()})
-    tune.report({"step": summary["steps"], "total_steps": config.train.steps, "valid": summary["valid_at_last"],
-                 "best_valid": summary["best_valid"], "best_step": summary["best_step"],
-                 "test_at_best": summary["test_at_best"], "status": result.status, "fit_seconds": fit_seconds,
-                 "pid": os.getpid()})
+    tune.report(final_metrics(summary | {"status": result.status}, config.train.steps, fit_seconds))

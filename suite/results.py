@@ -168,6 +168,16 @@ def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]]
     write_table(to_table([row], SUMMARY), root, "summary", trial_id)
 
 
+def read_trial_row(root: str, name: str, trial_id: str) -> dict[str, Any] | None:
+    """The first row of `root/name/trial_id.parquet` as a dict, or None where the trial wrote none."""
+    fs, base = filesystem(root)
+    path = f"{base}/{name}/{trial_id}.parquet"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    rows = pq.read_table(path, filesystem=fs, schema=TABLES[name]).to_pylist()
+    return rows[0] if rows else None
+
+
 def read_table(root: str, name: str) -> pa.Table:
     """Read one table of a results location, checking its schema version."""
     import pyarrow.dataset as ds

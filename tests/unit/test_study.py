@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from runners.study import load_study, make_trial_id, parse_study
+from runners.local import _written_outcome
 from runners.trainable import EarlyStopper, merge_rows
 from suite import cli
 from suite.errors import ConfigError, SuiteError
+from suite.results import SUMMARY, to_table, write_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,6 +158,26 @@ def test_malformed_address_is_an_error():
 def test_trial_ids_are_file_name_safe():
     assert make_trial_id("ptb", "bn_lstm", 3, {"optim.lr": 0.002, "data.path": "/a b"}) == \
         "ptb-bn_lstm-s3-lr=0.002-path=_a_b"
+
+
+@pytest.mark.parametrize("written", [None, "interrupted", "failed", "finished", "diverged"])
+def test_driver_takes_an_ended_status_from_the_trials_summary(tmp_path, written):
+    """A trial that wrote its summary before the driver heard its last report (Ctrl-C in between)
+    keeps that status; other rows on disk are the driver's own and change nothing."""
+    trial = load_study(write(tmp_path, TINY)).trials()[0]
+    root = str(tmp_path / "res")
+    if written is not None:
+        row = dict(trial.keys("tiny"), status=written, steps=3, best_valid=0.5, best_step=2, valid_at_last=0.6,
+                   test_at_best=0.55, wall_seconds=1.5)
+        write_table(to_table([row], SUMMARY), root, "summary", trial.trial_id)
+    heard = {"status": "running", "step": 2}
+    status, metrics = _written_outcome(root, trial, heard)
+    if written in ("finished", "diverged"):
+        assert status == written
+        assert metrics | {"pid": 0} == {"status": written, "step": 3, "total_steps": 4, "valid": 0.6, "best_valid": 0.5,
+                                        "best_step": 2, "test_at_best": 0.55, "fit_seconds": 1.5, "pid": 0}
+    else:
+        assert (status, metrics) == ("running", heard)
 
 
 def test_merge_rows_keeps_each_step_once():
