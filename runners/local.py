@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.study import Study, Trial, load_study
-from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, final_metrics, study_root, train_trial
+from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
 from suite.errors import SuiteError
 
 TUNE_DIR = "tune"
@@ -207,8 +207,9 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
             continue  # unidentifiable: recorded as interrupted below, and resumable
         metrics = dict(result.metrics or {})
         status = metrics.get("status")
-        if status not in DONE:
-            status, metrics = _written_outcome(root, by_id[name], metrics)
+        ended = written_end(root, name, by_id[name].config.train.steps) if status not in DONE else None
+        if ended is not None:  # the trial wrote its summary, but its last report never reached us
+            status, metrics = ended["status"], ended
         if status not in DONE:
             status = "failed" if result.error is not None else "interrupted"
         outcomes.append(Outcome(by_id[name], status, metrics, _error_line(result.error) if status == "failed" else None,
@@ -217,17 +218,6 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
     order = {t.trial_id: i for i, t in enumerate(trials)}
     return sorted(outcomes, key=lambda o: order[o.trial.trial_id])
-
-
-def _written_outcome(root: str, trial: Trial, metrics: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """Status and metrics of a trial that wrote its summary before the driver heard how it ended
-    (Ctrl-C in between); its own report when there is no such summary."""
-    from suite.results import read_trial_row
-
-    written = read_trial_row(root, "summary", trial.trial_id)
-    if written is None or written["status"] not in DONE:
-        return metrics.get("status"), metrics
-    return written["status"], final_metrics(written, trial.config.train.steps, written["wall_seconds"])
 
 
 def _task_metric(name: str) -> str:

@@ -67,6 +67,17 @@ def final_metrics(summary: Mapping[str, Any], total_steps: int, fit_seconds: flo
             "pid": os.getpid()}
 
 
+def written_end(root: str, trial_id: str, total_steps: int) -> dict[str, Any] | None:
+    """The last report of a trial whose own summary says it ended (finished or diverged); else None.
+    The driver takes its status from it, and a restarted trial reports it (module doc)."""
+    from suite.results import read_trial_row
+
+    written = read_trial_row(root, "summary", trial_id)
+    if written is None or written["status"] not in DONE:
+        return None
+    return final_metrics(written, total_steps, written["wall_seconds"])
+
+
 def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Curve rows keyed by (step, split): a re-reported point replaces the old one, never duplicates it."""
     keyed = {(row["step"], row["split"]): row for row in rows}
@@ -81,7 +92,7 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from runners.study import from_dict
-    from suite.results import CURVE, read_trial_row, to_table, write_run, write_table
+    from suite.results import CURVE, to_table, write_run, write_table
     from suite.train import Report, fit
     from tasks.base import create
 
@@ -90,10 +101,9 @@ def train_trial(params: dict[str, Any]) -> None:
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
-    written = read_trial_row(root, "summary", trial.trial_id)
-    if written is not None and written["status"] in DONE:
-        # An earlier attempt ended and wrote its tables, but the driver stopped before it heard: keep them.
-        tune.report(final_metrics(written, config.train.steps, written["wall_seconds"]))
+    ended = written_end(root, trial.trial_id, config.train.steps)
+    if ended is not None:  # an earlier attempt ended and wrote its tables: keep them
+        tune.report(ended)
         return
     # Ray sets OMP_NUM_THREADS for the worker; make torch agree with the CPUs the trial asked for.
     torch.set_num_threads(max(1, int(study.resources.cpu)))

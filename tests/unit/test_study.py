@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from runners.study import load_study, make_trial_id, parse_study
-from runners.local import _written_outcome
-from runners.trainable import EarlyStopper, merge_rows
+from runners.trainable import EarlyStopper, merge_rows, written_end
 from suite import cli
 from suite.errors import ConfigError, SuiteError
 from suite.results import SUMMARY, to_table, write_table
@@ -170,14 +169,12 @@ def test_driver_takes_an_ended_status_from_the_trials_summary(tmp_path, written)
         row = dict(trial.keys("tiny"), status=written, steps=3, best_valid=0.5, best_step=2, valid_at_last=0.6,
                    test_at_best=0.55, wall_seconds=1.5)
         write_table(to_table([row], SUMMARY), root, "summary", trial.trial_id)
-    heard = {"status": "running", "step": 2}
-    status, metrics = _written_outcome(root, trial, heard)
+    ended = written_end(root, trial.trial_id, trial.config.train.steps)
     if written in ("finished", "diverged"):
-        assert status == written
-        assert metrics | {"pid": 0} == {"status": written, "step": 3, "total_steps": 4, "valid": 0.6, "best_valid": 0.5,
-                                        "best_step": 2, "test_at_best": 0.55, "fit_seconds": 1.5, "pid": 0}
+        assert ended | {"pid": 0} == {"status": written, "step": 3, "total_steps": 4, "valid": 0.6, "best_valid": 0.5,
+                                      "best_step": 2, "test_at_best": 0.55, "fit_seconds": 1.5, "pid": 0}
     else:
-        assert (status, metrics) == ("running", heard)
+        assert ended is None
 
 
 def test_merge_rows_keeps_each_step_once():
