@@ -175,8 +175,7 @@ def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Ten
     z = nn.functional.linear(x, layer.weight_ih)
     norm = layer.norm_x
     steps, batch, size = z.shape
-    if (isinstance(norm, StepBatchNorm) and norm.per_step and time_offset + steps <= norm.t_max
-            and norm.mode() != ACCUMULATE and (batch > 1 or norm.mode() == POPULATION)):
+    if isinstance(norm, StepBatchNorm) and _norm_supported(norm, batch) and time_offset + steps <= norm.t_max:
         mode = norm.mode()
         rows = slice(time_offset, time_offset + steps)
         keep = mode != BATCH
