@@ -409,6 +409,11 @@ void backward_step(const Loop<T>& L, int64_t t) {
   auto zero_row = [&](T* row, int64_t lo, int64_t hi) { std::fill(row + lo, row + hi, T(0)); };
 
   // Cell: d tanh(norm_c(c)), its norm's backward, then the four gate gradients.
+  // dL/d norm_c(c_t) of example b, unit j: through h_t = o tanh(norm_c(c_t)).
+  auto d_norm_c = [&](int64_t b, int64_t j) {
+    T v = tcn[b * H + j];
+    return dh[b * H + j] * acts[b * G + 3 * H + j] * (T(1) - v * v);
+  };
   auto gates_of_row = [&](int64_t b, int64_t lo, int64_t hi, const T* d_cell) {
     const T* a = acts + b * G;
     T* d = d_pre + b * G;
@@ -446,11 +451,9 @@ void backward_step(const Loop<T>& L, int64_t t) {
         const T* mean = L.nc.mean + t * H;
         const T* invstd = L.nc.invstd + t * H;
         for (int64_t b = 0; b < B; ++b) {
-          const T* a = acts + b * G;
 #pragma omp simd
           for (int64_t j = lo; j < hi; ++j) {
-            T v = tcn[b * H + j];
-            T d = dh[b * H + j] * a[3 * H + j] * (T(1) - v * v);
+            T d = d_norm_c(b, j);
             s1[j] += d;
             s2[j] += d * (c_now[b * H + j] - mean[j]) * invstd[j];
           }
@@ -458,24 +461,15 @@ void backward_step(const Loop<T>& L, int64_t t) {
       }
       column_backward(L.nc, s1, s2, count, H, t, p, lo, hi, ac, ec, fc);
       for (int64_t b = 0; b < B; ++b) {
-        const T* a = acts + b * G;
 #pragma omp simd
-        for (int64_t j = lo; j < hi; ++j) {
-          T v = tcn[b * H + j];
-          T d = dh[b * H + j] * a[3 * H + j] * (T(1) - v * v);
-          d_cell[j] = ac[j] * d + ec[j] * c_now[b * H + j] + fc[j];
-        }
+        for (int64_t j = lo; j < hi; ++j) d_cell[j] = ac[j] * d_norm_c(b, j) + ec[j] * c_now[b * H + j] + fc[j];
         gates_of_row(b, lo, hi, d_cell);
       }
     } else {
       T* d_cell = L.scratch + p * H;
       for (int64_t b = lo; b < hi; ++b) {
-        const T* a = acts + b * G;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          T v = tcn[b * H + j];
-          d_cell[j] = dh[b * H + j] * a[3 * H + j] * (T(1) - v * v);
-        }
+        for (int64_t j = 0; j < H; ++j) d_cell[j] = d_norm_c(b, j);
         row_backward(L.nc, c_now + b * H, d_cell, B, H, t, b, p);
         gates_of_row(b, 0, H, d_cell);
       }
