@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.errors import SuiteError
+from suite.core.errors import SuiteError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Figure 1a: the norm of d loss / d h_t against t for a batch-normalized tanh RNN on sequential
 MNIST at initialization, one curve per BN scale gamma. The network follows the authors'
 released code: h_t = tanh(BN(W_h h_{t-1} + W_x x_t; gamma, beta=0)) with batch statistics
-per time step (`suite.cells.norms.StepBatchNorm`), W_h = identity, W_x a random unit vector,
+per time step (`suite.core.cells.norms.StepBatchNorm`), W_h = identity, W_x a random unit vector,
 h_0 = 0 plus Gaussian noise (the paper's fix for the first rows of MNIST being constant
 across the batch, which leaves zero batch variance), and a softmax readout on h_T; the loss
 is the mean cross-entropy over the batch. d loss / d h_t is read off a zero tensor added to
@@ -31,9 +31,9 @@ import pyarrow.compute as pc
 import torch
 from torch.nn import functional as F
 
-from suite.cells.norms import BATCH, StepBatchNorm, statistics_mode
-from suite.errors import DataError
-from suite.results import _schema, to_table, write_table
+from suite.core.cells.norms import BATCH, StepBatchNorm, statistics_mode
+from suite.core.errors import DataError
+from suite.core.results import _schema, to_table, write_table
 
 # One table for both panels: "1a" rows have gamma and t, "1b" rows have sigma.
 GRADIENT_FLOW = _schema([

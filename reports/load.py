@@ -1,6 +1,6 @@
 """Read a study's result tables (`<study>/<table>/<trial_id>.parquet`) for the report.
 
-Every file's schema is checked against `suite.results` (table name, `schema_version`,
+Every file's schema is checked against `suite.core.results` (table name, `schema_version`,
 every column present with its type) before anything is read, so a malformed or foreign
 file is a `SuiteError` that names the file. The tables are then read in one
 `pyarrow.dataset` scan per table; nothing here loops over rows.
@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from suite.errors import SuiteError
-from suite.results import SCHEMA_VERSION, TABLES
+from suite.core.errors import SuiteError
+from suite.core.results import SCHEMA_VERSION, TABLES
 
 # Canonical display order; unknown names follow alphabetically.
 VARIANT_ORDER = ["lstm", "cudnn_lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm"]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from suite.errors import SuiteError
+from suite.core.errors import SuiteError
 
 # What `ray job submit --working-dir .` must not upload (also listed in the repo's .rayignore).
 UPLOAD_EXCLUDES = [".git", ".venv", "data", "results", "*.egg-info", "__pycache__", ".pytest_cache", ".benchmarks"]

@@ -1,6 +1,6 @@
 """Run a study as one Ray Tune experiment, on an embedded local Ray or on an existing cluster.
 
-The study's tables live in `<results>/<study>/` (curve/, summary/; see suite.results) and
+The study's tables live in `<results>/<study>/` (curve/, summary/; see suite.core.results) and
 Tune's experiment state in `<results>/<study>/tune/`, so `--resume` finds both. Trials
 write their own tables; the driver writes summary rows only for trials that could not
 (failed for good, or interrupted), then prints a summary and, when the study names a
@@ -20,7 +20,7 @@ from typing import Any
 
 from runners.study import Study, Trial, load_study
 from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
-from suite.errors import SuiteError
+from suite.core.errors import SuiteError
 
 TUNE_DIR = "tune"
 # Tune's own console output is replaced by runners.progress; its snapshot warnings are noise
@@ -58,14 +58,14 @@ def plan(study: Study, trials: Sequence[Trial]) -> str:
 def _exists(location: str) -> bool:
     from pyarrow import fs as pafs
 
-    from suite.results import filesystem
+    from suite.core.results import filesystem
 
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _read_text(location: str) -> str | None:
-    from suite.results import filesystem
+    from suite.core.results import filesystem
 
     fs, path = filesystem(location)
     try:
@@ -76,7 +76,7 @@ def _read_text(location: str) -> str | None:
 
 
 def _write_text(location: str, text: str) -> None:
-    from suite.results import filesystem
+    from suite.core.results import filesystem
 
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as fh:
@@ -87,7 +87,7 @@ def prepare_root(root: str, study: Study, resume: bool) -> None:
     """Refuse to mix two runs of a study in one place; record the study being run."""
     from ray import tune
 
-    from suite.results import filesystem
+    from suite.core.results import filesystem
 
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
@@ -133,7 +133,7 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     if dry_run:
         print(plan(study, trials))
         return 0
-    from suite.commands.train import check_writable
+    from suite.cli.commands.train import check_writable
     from tasks.base import create
 
     results = _absolute(results)
@@ -234,7 +234,7 @@ def _config_name(config: dict[str, Any]) -> str:
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
-    from suite.results import SUMMARY, environment, to_table, write_table
+    from suite.core.results import SUMMARY, environment, to_table, write_table
 
     for o in outcomes:
         if o.status in DONE:

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.config import RunConfig, build_dataclass, load_toml, merge, resolve
-from suite.errors import ConfigError
+from suite.core.config import RunConfig, build_dataclass, load_toml, merge, resolve
+from suite.core.errors import ConfigError
 
 KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "resources",
         "early_stopping", "failure")

@@ -1,4 +1,4 @@
-"""The only Tune adapter: one trial of a study runs `suite.train.fit` inside a Tune function trainable.
+"""The only Tune adapter: one trial of a study runs `suite.core.train.fit` inside a Tune function trainable.
 
 Each evaluation of `fit` becomes one `tune.report` with a checkpoint holding the training
 state *and every curve row so far*; after a crash Tune restarts the trial from that
@@ -70,7 +70,7 @@ def final_metrics(summary: Mapping[str, Any], total_steps: int, fit_seconds: flo
 def written_end(root: str, trial_id: str, total_steps: int) -> dict[str, Any] | None:
     """The last report of a trial whose own summary says it ended (finished or diverged); else None.
     The driver takes its status from it, and a restarted trial reports it (module doc)."""
-    from suite.results import read_trial_row
+    from suite.core.results import read_trial_row
 
     written = read_trial_row(root, "summary", trial_id)
     if written is None or written["status"] not in DONE:
@@ -92,8 +92,8 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from runners.study import from_dict
-    from suite.results import CURVE, to_table, write_run, write_table
-    from suite.train import Report, fit
+    from suite.core.results import CURVE, to_table, write_run, write_table
+    from suite.core.train import Report, fit
     from tasks.base import create
 
     study = from_dict(params[STUDY])

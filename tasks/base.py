@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite.config import build_dataclass
-from suite.errors import ConfigError
+from suite.core.config import build_dataclass
+from suite.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "recnorm.tasks"
 DATA_DIR_ENV = "RECNORM_DATA_DIR"
@@ -102,7 +102,7 @@ class Task:
     metric: ClassVar[str] = "accuracy"
     mode: ClassVar[str] = "max"  # "max" for accuracy, "min" for errors and bits per character
     Options: ClassVar[type] = NoOptions
-    # The paper's settings, as nested config sections (see suite.config.resolve).
+    # The paper's settings, as nested config sections (see suite.core.config.resolve).
     defaults: ClassVar[Mapping[str, Any]] = {}
     carry_state: ClassVar[bool] = False  # evaluation carries (h, c) and the time index across batches
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
@@ -145,7 +145,7 @@ class Task:
         A task with its own architecture (e.g. an attentive reader) returns a module with the
         same call contract: `model(batch, state=None, time_offset=0) -> (logits, state)`.
         """
-        from suite.model import SequenceModel
+        from suite.core.model import SequenceModel
 
         return SequenceModel(self, config)
 

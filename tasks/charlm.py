@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from suite.errors import ConfigError, DataError
+from suite.core.errors import ConfigError, DataError
 from tasks.base import Batch, DataStatus, PerStepHead, Score, Task
 from tasks.data import SplitCache, first_complete, missing_error
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite.errors import ConfigError, DataError
+from suite.core.errors import ConfigError, DataError
 from tasks.base import Batch, DataStatus, Score, Task, register
 from tasks.cnn_qa_data import (ARRAY_NAMES, ENTITY0, ON_ERROR, SPLITS, build_cache, questions_root,
                                source_paths)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite.errors import DataError
+from suite.core.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 SPLIT_DIRS = {"train": "training", "valid": "validation", "test": "test"}

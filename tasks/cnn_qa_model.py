@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite import variants
-from suite.cells.norms import Identity, StepBatchNorm
+from suite.core import variants
+from suite.core.cells.norms import Identity, StepBatchNorm
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # the paper's BN constants (Section 3)
 

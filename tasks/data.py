@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from suite.errors import DataError
+from suite.core.errors import DataError
 
 # (url, destination) -> None; raise OSError (or urllib.error.URLError) when the URL cannot be fetched.
 Fetch = Callable[[str, Path], None]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from suite.errors import ConfigError, DataError
+from suite.core.errors import ConfigError, DataError
 from tasks.base import Batch, DataStatus, Task, batch_indices, register
 from tasks.data import Fetch, Remote, SplitCache, download, first_complete, missing_error, verify
 

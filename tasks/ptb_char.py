@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite.errors import DataError
+from suite.core.errors import DataError
 from tasks.base import register
 from tasks.charlm import SPLITS, CharLMOptions, CharLMTask, encode, lookup_table
 from tasks.data import Fetch, Remote, download, first_complete, verify

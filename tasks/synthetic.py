@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from suite.errors import ConfigError
+from suite.core.errors import ConfigError
 from tasks.base import Batch, PerStepHead, Score, Task, batch_indices, register
 
 

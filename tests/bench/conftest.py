@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Apply the suite's malloc settings and the requested thread count before anything runs."""
     import torch
 
-    from suite import perf
+    from suite.core import perf
 
     perf.apply_malloc_tuning()
     if os.environ.get(THREADS_ENV):
@@ -30,8 +30,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """Record torch, CUDA/cuDNN, thread counts and the allocator settings with every benchmark file."""
     import torch
 
-    from suite import perf
-    from suite.native import build as native_build
+    from suite.core import perf
+    from suite.core.backends.native import build as native_build
 
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda

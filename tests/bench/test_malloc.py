@@ -1,4 +1,4 @@
-"""glibc malloc, default vs the suite's settings (suite/perf.py), on real training batches.
+"""glibc malloc, default vs the suite's settings (suite/core/perf.py), on real training batches.
 
 Each setting runs in its own fresh process (GLIBC_TUNABLES set or not; the child never calls
 `apply_malloc_tuning`, so that variable alone decides); the child reports the median seconds of its rounds and
@@ -16,11 +16,11 @@ import textwrap
 
 import pytest
 
-from suite import perf
+from suite.core import perf
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, torch
-    from suite import throughput as tp
+    from runners import throughput as tp
     torch.set_num_threads(int(sys.argv[4]))
     entry = tp.Entry(sys.argv[1], tuple(json.loads(sys.argv[2]).items()))
     run = tp.workload(entry, tp.SHAPES[sys.argv[3]], "fwd+bwd")

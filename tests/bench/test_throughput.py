@@ -1,7 +1,7 @@
 """Throughput of every variant against cudnn_lstm: one training batch (fwd+bwd) and one evaluation batch.
 
 Parametrized over the variant registry (a variant with an `impl` option is measured once per
-implementation) and the shapes of `suite.throughput.SHAPES`. `extra_info` holds the ratio of
+implementation) and the shapes of `runners.throughput.SHAPES`. `extra_info` holds the ratio of
 the median to the median of cudnn_lstm batches run right before each round (same session,
 same minutes), and the peak memory beside the reference's.
 """
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from suite import throughput as tp
+from runners import throughput as tp
 
 CASES = list(tp.grid(None, list(tp.PAPER_SHAPES), list(tp.DIRECTIONS)))
 IDS = [f"{shape.name}-{direction}-{entry.label}" for entry, shape, direction in CASES]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runners.cluster import processes_of, stop_processes, stop_ray_in
-from suite.results import SUMMARY, read_table, read_trial_row, to_table, write_table
+from suite.core.results import SUMMARY, read_table, read_trial_row, to_table, write_table
 
 pytestmark = pytest.mark.ray
 

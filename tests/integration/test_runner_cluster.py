@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from runners.cluster import stop_ray_in
-from suite.results import read_table
+from suite.core.results import read_table
 
 pytestmark = pytest.mark.ray
 

@@ -1,4 +1,4 @@
-"""Every task trains with every variant: a few CPU steps through `suite.train.fit`, and once
+"""Every task trains with every variant: a few CPU steps through `suite.core.train.fit`, and once
 per task through the `suite train` command, on fixture files in the real formats."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from suite import cli, variants
-from suite.config import resolve
-from suite.train import fit
+from suite import cli
+from suite.core import variants
+from suite.core.config import resolve
+from suite.core.train import fit
 from tasks.base import create, registry
 from tasks.fixtures import write_mnist, write_ptb, write_text8
 

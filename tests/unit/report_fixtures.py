@@ -1,4 +1,4 @@
-"""A small study with known values, written as real Parquet files through suite.results.write_table.
+"""A small study with known values, written as real Parquet files through suite.core.results.write_table.
 
 The numbers are chosen so that every figure in the report can be computed by hand (see
 tests/unit/test_report.py): smnist has three finished seeds per arm with std 0.02 (so the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from suite.results import CURVE, LENGTHS, SUMMARY, THROUGHPUT, to_table, write_table
+from suite.core.results import CURVE, LENGTHS, SUMMARY, THROUGHPUT, to_table, write_table
 
 STEPS = [100, 200, 300, 400]
 SMNIST = {  # (variant, seed): (status, valid curve, seconds per step, best_valid, train_at_best, test_at_best, test_at_last)

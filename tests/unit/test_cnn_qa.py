@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from suite import cli
-from suite.config import resolve
-from suite.errors import ConfigError, DataError
-from suite.train import evaluate
+from suite.core.config import resolve
+from suite.core.errors import ConfigError, DataError
+from suite.core.train import evaluate
 from tasks import cnn_qa_data
 from tasks.base import create
 from tasks.cnn_qa_data import (MALFORMED, MalformedQuestion, parse_question, top_sentences, write_archive,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from suite import variants
-from suite.cells.norms import StepBatchNorm, batch_norms
-from suite.config import resolve
-from suite.train import fit
+from suite.core import variants
+from suite.core.cells.norms import StepBatchNorm, batch_norms
+from suite.core.config import resolve
+from suite.core.train import fit
 from tasks.base import create
 from tasks.cnn_qa import QABatch
 from tasks.cnn_qa_data import write_questions

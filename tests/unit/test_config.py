@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from suite.config import RunConfig, load_run_config, parse_override
-from suite.errors import ConfigError
+from suite.core.config import RunConfig, load_run_config, parse_override
+from suite.core.errors import ConfigError
 
 
 def test_task_paper_settings_sit_between_defaults_and_user_values(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from suite import cli
-from suite.errors import DataError
+from suite.core.errors import DataError
 from tasks import mnist, ptb_char, text8
 from tasks.base import create
 from tasks.data import Remote, download, locked, md5sum, url_fetch

@@ -1,10 +1,10 @@
-"""The fast paths (`impl = "fast"`, suite/fused.py) against the reference time loop they replace.
+"""The fast paths (`impl = "fast"`, suite/core/backends/pytorch.py) against the reference time loop they replace.
 
 Every check builds the reference and the fast stack from one state_dict and compares
 outputs, final states, every parameter gradient and the BN statistics (train, population,
 batch and re-estimated), in float64 (tight) and float32 (max relative error); the
 hand-derived backwards are checked by gradcheck. Every test runs twice: on the native step
-kernels (suite/native) and on the pure-PyTorch loops they fall back to.
+kernels (suite/core/backends/native) and on the pure-PyTorch loops they fall back to.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite import variants
-from suite.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
-from suite.errors import ConfigError
-from suite.fused import FusedRecurrent, LoopRecurrent, layer_runner
-from suite.native import build, loop
-from suite.recurrent import Recurrent
+from suite.core import variants
+from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
+from suite.core.errors import ConfigError
+from suite.core.backends.pytorch import FusedRecurrent, LoopRecurrent, layer_runner
+from suite.core.backends.native import build, loop
+from suite.core.recurrent import Recurrent
 
 FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]

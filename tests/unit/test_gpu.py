@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite import variants
-from suite.config import load_run_config
-from suite.train import fit
+from suite.core import variants
+from suite.core.config import load_run_config
+from suite.core.train import fit
 from tasks.base import create
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

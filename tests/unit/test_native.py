@@ -1,4 +1,4 @@
-"""The native step kernels (suite/native): where test_fast.py does not reach.
+"""The native step kernels (suite/core/backends/native): where test_fast.py does not reach.
 
 Both ways of forming the input term (in the kernel for few features, a matrix multiply before
 the loop for many), several threads over units that do not divide evenly, padding and
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from suite import variants
-from suite.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
-from suite.fused import layer_runner
-from suite.native import build, loop
-from suite.results import environment
+from suite.core import variants
+from suite.core.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
+from suite.core.backends.pytorch import layer_runner
+from suite.core.backends.native import build, loop
+from suite.core.results import environment
 
 from .test_fast import assert_same
 

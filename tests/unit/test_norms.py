@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from suite import variants
-from suite.cells.norms import LayerNorm, StepBatchNorm, reestimate_statistics, statistics_mode
+from suite.core import variants
+from suite.core.cells.norms import LayerNorm, StepBatchNorm, reestimate_statistics, statistics_mode
 
 T, B, F_IN, H = 5, 7, 3, 4
 

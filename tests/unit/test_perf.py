@@ -1,4 +1,4 @@
-"""`suite bench` (the throughput table) and the malloc settings of suite/perf.py."""
+"""`suite bench` (the throughput table) and the malloc settings of suite/core/perf.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import textwrap
 
 import pytest
 
-from suite import perf, throughput
+from suite.core import perf
+from runners import throughput
 from suite.cli import main
-from suite.results import read_table
+from suite.core.results import read_table
 
 
 def test_bench_writes_the_throughput_table(tmp_path, capsys):
@@ -66,7 +67,7 @@ def test_malloc_env_merges_and_switches_off(monkeypatch):
 # counts the minor page faults that costs.
 PROBE = textwrap.dedent("""
     import json, resource, sys, torch
-    from suite import perf, throughput
+    from suite.core import perf
     if sys.argv[1] == "mallopt":
         perf.apply_malloc_tuning()
     for _ in range(10):  # warm-up: with the tuning the heap needs ~8 rounds to settle (aligned blocks leave holes)
@@ -101,8 +102,8 @@ def test_malloc_settings_stop_page_faults_in_this_process_and_in_children():
 
 def test_fit_applies_the_malloc_settings(monkeypatch):
     """Every training process (suite train, Ray trials) goes through fit, which tunes malloc."""
-    from suite.config import load_run_config
-    from suite.train import fit
+    from suite.core.config import load_run_config
+    from suite.core.train import fit
     from tasks.base import create
 
     calls = []

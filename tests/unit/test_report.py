@@ -18,8 +18,8 @@ from reports.load import load_study
 from reports.render import write_report
 from reports.stats import t_cdf, t_ppf, welch_interval
 from suite.cli import main as cli
-from suite.errors import SuiteError
-from suite.results import CURVE, SUMMARY, to_table, write_table
+from suite.core.errors import SuiteError
+from suite.core.results import CURVE, SUMMARY, to_table, write_table
 from tests.unit.report_fixtures import PTB, SMNIST, benchmark_json, write_gradient_flow, write_study
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report_small.md"

@@ -14,8 +14,8 @@ import pytest
 from runners.study import load_study, make_trial_id, parse_study
 from runners.trainable import EarlyStopper, merge_rows, written_end
 from suite import cli
-from suite.errors import ConfigError, SuiteError
-from suite.results import SUMMARY, to_table, write_table
+from suite.core.errors import ConfigError, SuiteError
+from suite.core.results import SUMMARY, to_table, write_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -206,8 +206,8 @@ def test_early_stopper_respects_min_steps_and_zero_patience():
 
 def test_early_stopping_ends_fit_early():
     """fit stops when the callback says so and still evaluates the test split."""
-    from suite.config import resolve
-    from suite.train import fit
+    from suite.core.config import resolve
+    from suite.core.train import fit
     from tasks.base import create
 
     config = resolve({"task": {"name": "adding", "length": 5, "train_size": 40, "eval_size": 20},

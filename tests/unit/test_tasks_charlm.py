@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from suite.errors import ConfigError, DataError
+from suite.core.errors import ConfigError, DataError
 from tasks import ptb_char, text8
 from tasks.base import Batch, create
 from tasks.charlm import stream_batches

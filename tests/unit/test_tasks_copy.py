@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from suite.config import resolve
-from suite.errors import ConfigError
+from suite.core.config import resolve
+from suite.core.errors import ConfigError
 from tasks.base import create, registry
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.errors import ConfigError, DataError
+from suite.core.errors import ConfigError, DataError
 from tasks import mnist
 from tasks.base import create
 from tasks.data import SplitCache

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from suite.config import load_run_config
-from suite.errors import ConfigError
-from suite.model import SequenceModel
-from suite.train import evaluate, fit
+from suite.core.config import load_run_config
+from suite.core.errors import ConfigError
+from suite.core.model import SequenceModel
+from suite.core.train import evaluate, fit
 from tasks.base import create
 from tasks.synthetic import AddingTask
 

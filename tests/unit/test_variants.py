@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from suite import variants
+from suite.core import variants
 
 NAMES = variants.names()
 T, B, F, H = 6, 5, 3, 4

@@ -1,0 +1,249 @@
+"""The normalized LSTM recurrence on the native step kernels (`norm_lstm.cpp`), CPU only.
+
+`run_layer` runs one `LSTMLayer` whose norms are identities, per-step batch norms or layer
+norms (`bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8): PyTorch does the
+recurrent product h_{t-1} W_h^T of every step, the input term W_x x for all steps at once
+when the input is wide, and in the backward pass dh_t per step and the weight gradients in one
+matrix multiply each; one kernel call per step does all three normalizations, the gates and
+the cell (and W_x x_t for narrow inputs), and one more their gradients. Batch statistics
+computed in the kernel go to `StepBatchNorm.record`, so running averages and re-estimation
+follow the reference's rules exactly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from suite.core.cells.norms import POPULATION, Identity, LayerNorm, StepBatchNorm
+from suite.core.backends.native.build import load
+from suite.core.recurrent import LSTMLayer
+
+NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
+# Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
+# a (T, B, 4H) array of input terms written, read and differentiated through memory.
+SMALL_INPUT = 8
+# Batch-norm and identity steps split units over threads, so every thread walks every example's
+# row: below this many gate values per step (smnist: 40k, ptb256: 65k) one thread was as fast
+# and far steadier on 2 shared cores (two threads swung between 1.1x and 1.7x of cudnn_lstm
+# from run to run). Layer-norm steps split examples and keep every thread.
+PARALLEL_UNITS = 1 << 17
+# Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
+SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
+BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part",
+           "zh", "acts", "c", "tcn", "h", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch")
+
+
+class _NormStruct(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("gamma", ctypes.c_void_p), ("beta", ctypes.c_void_p),
+                ("eps", ctypes.c_double), ("mean", ctypes.c_void_p), ("invstd", ctypes.c_void_p),
+                ("var", ctypes.c_void_p), ("d_gamma", ctypes.c_void_p), ("d_beta", ctypes.c_void_p)]
+
+
+class _LoopStruct(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in SIZES]
+                + [(n, ctypes.c_void_p) for n in BUFFERS]
+                + [("nx", _NormStruct), ("nh", _NormStruct), ("nc", _NormStruct)])
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+@dataclass
+class Slot:
+    """One norm slot as the kernel sees it, plus the tensors behind its pointers."""
+
+    kind: int
+    gamma: torch.Tensor | None = None
+    beta: torch.Tensor | None = None
+    eps: float = 0.0
+    mean: torch.Tensor | None = None
+    invstd: torch.Tensor | None = None
+    var: torch.Tensor | None = None
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def struct(self) -> _NormStruct:
+        """The C view of this slot."""
+        return _NormStruct(self.kind, _ptr(self.gamma), _ptr(self.beta), self.eps, _ptr(self.mean),
+                           _ptr(self.invstd), _ptr(self.var), _ptr(self.grads.get("gamma")),
+                           _ptr(self.grads.get("beta")))
+
+
+def slot_kind(norm: nn.Module) -> int | None:
+    """The kernel's kind for a norm in its current statistics mode; None where it has none."""
+    if isinstance(norm, Identity):
+        return NONE
+    if isinstance(norm, LayerNorm):
+        return LAYER
+    if isinstance(norm, StepBatchNorm) and norm.per_step:
+        return BN_POPULATION if norm.mode() == POPULATION else BN_BATCH
+    return None
+
+
+def supports(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when `run_layer` computes this layer on input x (norm_x may also be one the kernel lacks)."""
+    if not isinstance(layer, LSTMLayer) or x.is_cuda or torch.is_autocast_enabled("cpu"):
+        return False
+    # The kernels read float32 or float64 through raw pointers: input and every parameter alike.
+    if x.dtype not in (torch.float32, torch.float64) or any(p.dtype != x.dtype for p in layer.parameters()):
+        return False
+    x_kind, h_kind, c_kind = (slot_kind(n) for n in (layer.norm_x, layer.norm_h, layer.norm_c))
+    if h_kind is None or c_kind is None:
+        return False
+    # Batch norm is per unit over the batch, layer norm per example over units: the gate pass
+    # runs one way or the other, so norm_x and norm_h must not mix them (a norm_x the kernel
+    # lacks runs before the loop and is no norm to it).
+    gate_kinds = {k for k in (x_kind, h_kind) if k not in (None, NONE)}
+    return not (LAYER in gate_kinds and len(gate_kinds) > 1)
+
+
+def _slot(norm: nn.Module, kind: int, steps: int, batch: int, offset: int, like: torch.Tensor) -> Slot:
+    if kind == NONE:
+        return Slot(NONE)
+    width = norm.weight.shape[0]
+    slot = Slot(kind, norm.weight.detach().contiguous(),
+                None if norm.bias is None else norm.bias.detach().contiguous(), float(norm.eps))
+    if kind == LAYER:
+        slot.mean, slot.invstd = like.new_empty(steps, batch), like.new_empty(steps, batch)
+    elif kind == BN_BATCH:
+        slot.mean, slot.invstd, slot.var = (like.new_empty(steps, width) for _ in range(3))
+    else:
+        mean, var = norm.population(offset, steps)
+        slot.mean, slot.invstd = mean.to(like.dtype).contiguous(), torch.rsqrt(var.to(like.dtype) + norm.eps)
+    return slot
+
+
+def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int,
+              mask: torch.Tensor | None = None):
+    """One layer over x (T, B, F) on the native kernels; returns outputs (T, B, H) and (h_T, c_T).
+
+    With a (T, B) `mask`, padded steps hold the state, output zeros and stay out of every
+    statistic, as in `LSTMLayer.forward`.
+    """
+    steps, batch, features = x.shape
+    real = None if mask is None else mask.to(x.dtype).contiguous()
+    count = batch if real is None else real.sum(1)
+    x_kind = slot_kind(layer.norm_x)
+    if x_kind is not None and features <= SMALL_INPUT:
+        source, w_x = x.contiguous(), layer.weight_ih
+    else:
+        source, w_x = F.linear(x, layer.weight_ih), None
+        if x_kind is None:  # e.g. statistics shared over time: the reference norm, before the loop
+            source, x_kind = layer.norm_x.sequence(source, mask, time_offset), NONE
+    norms = (layer.norm_x if x_kind != NONE else Identity(), layer.norm_h, layer.norm_c)
+    kinds = (x_kind, slot_kind(layer.norm_h), slot_kind(layer.norm_c))
+    slots = [_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
+    params, owners = [], []
+    for slot, norm in zip(slots, norms):
+        for name in ("gamma", "beta") if slot.kind != NONE else ():
+            tensor = norm.weight if name == "gamma" else norm.bias
+            if tensor is not None:
+                params.append(tensor)
+                owners.append((slot, name))
+    padding = None if real is None else (real, count)
+    out, h, c = NativeLoop.apply(slots, owners, padding, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0,
+                                 c0, *params)
+    for slot, norm in zip(slots, norms):
+        if slot.kind == BN_BATCH:
+            norm.record(slot.mean, slot.var, count, time_offset)
+    return (out if real is None else out * real.unsqueeze(-1)), (h, c)
+
+
+def kernel_threads(slots: list[Slot], gate_values: int) -> int:
+    """Threads for a step's kernel calls: torch's, or one for small batch-norm/identity steps."""
+    by_rows = any(slot.kind == LAYER for slot in slots)
+    return torch.get_num_threads() if by_rows or gate_values >= PARALLEL_UNITS else 1
+
+
+def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slots: list[Slot]) -> _LoopStruct:
+    return _LoopStruct(*(sizes[n] for n in SIZES), *(_ptr(buffers.get(n)) for n in BUFFERS),
+                       *(s.struct() for s in slots))
+
+
+class NativeLoop(torch.autograd.Function):
+    """The recurrence over the input term, forward and backward.
+
+    `source` is x (T, B, F) with `w_x` W_x, the kernel forming W_x x_t per step; or, with w_x
+    None, the input term itself (T, B, 4H). `padding` is None or (mask (T, B), count (T,)) in
+    the input's dtype; outputs at padded steps are the held state (the caller zeroes them).
+    """
+
+    @staticmethod
+    def forward(ctx, slots, owners, padding, source, w_x, w, bias, h0, c0, *params):
+        library = load()
+        steps, batch = source.shape[:2]
+        four_h, hidden = w.shape[0], w.shape[1]
+        keep = any(ctx.needs_input_grad)
+        kept = steps if keep else 1
+        threads = kernel_threads(slots, batch * four_h)
+        new = source.new_empty
+        sizes = dict(steps=steps, batch=batch, hidden=hidden, threads=threads, kept=int(keep),
+                     features=source.shape[2] if w_x is not None else 0)
+        buffers = dict(bias=bias.detach().contiguous(), zh=new(kept, batch, four_h), acts=new(kept, batch, four_h),
+                       c=new(kept + 1, batch, hidden), tcn=new(kept, batch, hidden), h=new(steps + 1, batch, hidden),
+                       scratch=new(max(6, 4 * threads) * four_h))
+        if padding is not None:
+            buffers["mask"], buffers["count"] = padding
+        if w_x is None:
+            buffers["zx"] = source
+        else:
+            buffers.update(x=source, wx_t=w_x.detach().t().contiguous(), z_step=new(batch, four_h),
+                           d_step=new(batch, four_h))
+        hs, cs = buffers["h"], buffers["c"]
+        hs[0], cs[0] = h0, c0
+        loop = _struct(sizes, buffers, slots)
+        step = library.recnorm_forward_f64 if source.dtype == torch.float64 else library.recnorm_forward_f32
+        w_t = w.detach().t()
+        h_views, zh_views, ref = hs.unbind(0), buffers["zh"].unbind(0), ctypes.byref(loop)
+        for t in range(steps):
+            torch.mm(h_views[t], w_t, out=zh_views[t if keep else 0])
+            step(ref, t)
+        if keep:
+            ctx.slots, ctx.owners, ctx.sizes, ctx.buffers = slots, owners, sizes, buffers
+            ctx.save_for_backward(w)
+        return hs[1:], hs[-1].clone(), cs[-1 if keep else steps % 2].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        (w,) = ctx.saved_tensors
+        slots, owners, sizes, buffers = ctx.slots, ctx.owners, ctx.sizes, dict(ctx.buffers)
+        steps, batch, hidden, threads, features = (sizes[n] for n in ("steps", "batch", "hidden", "threads",
+                                                                      "features"))
+        four_h = 4 * hidden
+        new, zeros = w.new_empty, w.new_zeros
+        d_zh = new(steps, batch, four_h)
+        buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), dh=new(batch, hidden), dc=d_cn.contiguous().clone())
+        if buffers.get("mask") is not None:
+            buffers["dh_carry"] = zeros(batch, hidden)
+        if features:
+            buffers.update(dx=new(steps, batch, features), d_wx=zeros(threads, features, four_h),
+                           dx_part=new(threads, batch, features))
+        else:
+            both_none = slots[0].kind == NONE and slots[1].kind == NONE
+            buffers["d_zx"] = d_zh if both_none else new(steps, batch, four_h)
+        for slot, name in owners:
+            slot.grads[name] = zeros(threads, getattr(slot, name).shape[0])
+        library = load()
+        loop = _struct(sizes, buffers, slots)
+        step = library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32
+        dh = buffers["dh"]
+        out_views, d_zh_views, ref = d_out.contiguous().unbind(0), d_zh.unbind(0), ctypes.byref(loop)
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                torch.add(out_views[t], d_hn, out=dh)
+            else:
+                torch.addmm(out_views[t], d_zh_views[t + 1], w, out=dh)
+            step(ref, t)
+        d_w = d_zh.view(steps * batch, four_h).t().mm(buffers["h"][:-1].reshape(steps * batch, hidden))
+        d_h0 = d_zh[0].mm(w)
+        if buffers.get("dh_carry") is not None:
+            d_h0 += buffers["dh_carry"]
+        d_source = buffers["dx"] if features else buffers["d_zx"]
+        d_w_x = buffers["d_wx"].sum(0).t() if features else None
+        param_grads = [slot.grads.pop(name).sum(0) for slot, name in owners]
+        return (None, None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"], *param_grads)

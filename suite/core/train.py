@@ -1,0 +1,266 @@
+"""The one training loop: `fit(task, config, on_report)`, `train_step` and exact `evaluate`.
+
+No Ray here: runners call `fit` with a callback that receives every evaluation's curve rows
+and a function returning a resumable checkpoint. Validation and test metrics are exact
+over the whole split (sums and counts). For BN variants the evaluation takes population
+statistics re-estimated over training batches just before it (default), the batch's own
+statistics, or the running averages (`train.eval_stats`); the mode is stored with every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from suite.core import perf
+from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
+from suite.core.config import OptimConfig, RunConfig, TrainConfig
+from suite.core.errors import ConfigError
+
+# Training-data stream used for re-estimating statistics, apart from the training stream itself.
+REESTIMATE_SEED_OFFSET = 7919
+
+
+@dataclass
+class Report:
+    """What `fit` hands its callback after each evaluation."""
+
+    step: int
+    total_steps: int
+    rows: list[dict[str, Any]]
+    checkpoint: Callable[[], dict[str, Any]]
+
+
+@dataclass
+class RunResult:
+    """Outcome of `fit`: status, every curve row produced in this call, the summary, length evaluations."""
+
+    status: str
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    lengths: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' means the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, RMSProp or SGD as configured."""
+    kinds = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+    return kinds[config.name](params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_step(model: torch.nn.Module, task, batch, optimizer: torch.optim.Optimizer, clip: float):
+    """One update; returns (loss, logits, gradient norm). A non-finite loss is returned, not applied."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    logits, _ = model(batch)
+    loss = task.loss(logits, batch)
+    if not torch.isfinite(loss):
+        return float(loss.detach()), logits, float("nan")
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    if math.isfinite(norm):
+        optimizer.step()
+    return float(loss.detach()), logits, norm
+
+
+def _batches(task, split: str, batch_size: int, seed: int, device, epoch: int = 0, skip: int = 0):
+    for index, batch in enumerate(task.loader(split, batch_size, seed, epoch)):
+        if index >= skip:
+            yield batch.to(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task, split: str, train: TrainConfig, device,
+             length: int | None = None) -> tuple[float, float]:
+    """Exact (metric, mean loss) over a whole split, statistics taken as `train.eval_stats` says.
+
+    With `length`, the split is cut into independent segments of that length (the task's
+    `length_loader`), for the paper's evaluation beyond the training length (Figure 3b).
+    """
+    if train.eval_stats == "reestimate" and batch_norms(model):
+        refresh_statistics(model, task, train, device)
+    model.eval()
+    mode = statistics_mode(model, BATCH) if train.eval_stats == "batch" else contextlib.nullcontext()
+    batch_size = train.eval_batch_size or train.batch_size
+    carry = task.carry_state and length is None
+    source = task.loader(split, batch_size, 0) if length is None else task.length_loader(split, length, batch_size)
+    loss_sum = metric_sum = count = 0.0
+    state, offset = None, 0
+    with mode:
+        for batch in source:
+            batch = batch.to(device)
+            logits, state = model(batch, state, offset) if carry else model(batch)
+            offset += batch.inputs.shape[0]
+            score = task.score(logits, batch)
+            loss_sum, metric_sum, count = loss_sum + score.loss_sum, metric_sum + score.metric_sum, count + score.count
+    if count == 0:
+        raise ValueError(f"task {task.name}: split {split!r} is empty")
+    return metric_sum / count, loss_sum / count
+
+
+@torch.no_grad()
+def refresh_statistics(model: torch.nn.Module, task, train: TrainConfig, device) -> None:
+    """Exact population statistics of every BN over `reestimate_batches` training batches."""
+    def run() -> None:
+        model.eval()  # dropout off; the norms are put in accumulate mode by reestimate_statistics
+        stream = _cycle(task, train.batch_size, train.seed + REESTIMATE_SEED_OFFSET, device)
+        for _ in range(train.reestimate_batches):
+            model(next(stream)[2])
+
+    reestimate_statistics(model, run)
+
+
+def _cycle(task, batch_size: int, seed: int, device, epoch: int = 0, skip: int = 0) -> Iterator[tuple]:
+    """Endless (epoch, index, batch) over the training split, resumable at (epoch, skip)."""
+    while True:
+        empty = True
+        for index, batch in enumerate(_batches(task, "train", batch_size, seed, device, epoch, skip), start=skip):
+            empty = False
+            yield epoch, index + 1, batch
+        if empty and skip == 0:
+            raise ValueError(f"task {task.name}: the training split yields no batches")
+        epoch, skip = epoch + 1, 0
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | None = None,
+        resume: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
+    """Train one run; returns its curve rows and summary. `resume` is a checkpoint from a Report.
+
+    An `on_report` that returns True stops training there (early stopping); the run still ends
+    with its summary and test metrics.
+    """
+    train = config.train
+    perf.apply_malloc_tuning()  # every training process, Ray workers included (README, Speed)
+    device = pick_device(train.device)
+    seed_everything(train.seed)
+    task.prepare()
+    if train.eval_lengths and not hasattr(task, "length_loader"):
+        raise ConfigError(f"train.eval_lengths: task {task.name} cannot cut its data into other lengths; "
+                          f"leave eval_lengths empty")
+    model = task.build_model(config.model).to(device)
+    optimizer = make_optimizer(model.parameters(), config.optim)
+    s = {"step": 0, "epoch": 0, "batch_index": 0, "best": None, "best_step": None, "best_state": None,
+         "train_at_best": None, "last_valid": None, "train_seconds": 0.0, "examples": 0,
+         "interval": [0.0, 0.0, 0.0]}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        s.update(resume["loop"])
+        torch.set_rng_state(resume["rng"])
+    stream = _cycle(task, train.batch_size, train.seed, device, s["epoch"], s["batch_index"])
+    stats_mode = train.eval_stats if batch_norms(model) else "none"
+    curve: list[dict[str, Any]] = []
+    status, error, started = "finished", None, time.perf_counter()
+    say = log or (lambda message: None)
+
+    def checkpoint() -> dict[str, Any]:
+        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "loop": copy.deepcopy(s), "rng": torch.get_rng_state()}
+
+    while s["step"] < train.steps:
+        s["epoch"], s["batch_index"], batch = next(stream)
+        tick = time.perf_counter()
+        loss, logits, grad_norm = train_step(model, task, batch, optimizer, config.optim.clip)
+        s["train_seconds"] += time.perf_counter() - tick
+        s["step"] += 1
+        s["examples"] += batch.size
+        # A non-finite gradient is no update at all: going on would report a run that never trained.
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            status = "diverged"
+            error = (f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}") + \
+                f" at step {s['step']}"
+            say(f"{error}; run diverged")
+            break
+        score = task.score(logits.detach(), batch)
+        s["interval"] = [s["interval"][0] + score.loss_sum, s["interval"][1] + score.metric_sum,
+                         s["interval"][2] + score.count]
+        if train.log_every and s["step"] % train.log_every == 0:
+            say(f"step {s['step']}/{train.steps} loss {loss:.4f}")
+        if s["step"] % train.eval_every and s["step"] != train.steps:
+            continue
+        rows = _evaluate_interval(model, task, config, device, s, stats_mode, curve)
+        valid = rows[-1]["value"]
+        if _better(valid, s["best"], task.mode):
+            s.update(best=valid, best_step=s["step"], train_at_best=rows[0]["value"],
+                     best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
+        say(f"step {s['step']}/{train.steps} train loss {rows[0]['loss']:.4f} valid {task.metric} {valid:.4f} "
+            f"(best {s['best'] if s['best'] is not None else float('nan'):.4f}) {s['train_seconds']:.1f}s")
+        if on_report and on_report(Report(s["step"], train.steps, rows, checkpoint)):
+            break
+    lengths: list[dict[str, Any]] = []
+    summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths) | {"error": error}
+    return RunResult(status, curve, summary, lengths)
+
+
+def _evaluate_interval(model, task, config: RunConfig, device, s: dict, stats_mode: str,
+                       curve: list) -> list[dict[str, Any]]:
+    """Curve rows for the training interval just ended and for the validation split."""
+    loss_sum, metric_sum, count = s["interval"]
+    s["interval"] = [0.0, 0.0, 0.0]
+    valid_metric, valid_loss = evaluate(model, task, "valid", config.train, device)
+    s["last_valid"] = valid_metric
+    base = {"step": s["step"], "metric": task.metric, "train_seconds": s["train_seconds"], "examples": s["examples"]}
+    rows = [dict(base, split="train", value=metric_sum / max(count, 1), loss=loss_sum / max(count, 1),
+                 stats_mode="batch" if stats_mode != "none" else "none"),
+            dict(base, split="valid", value=valid_metric, loss=valid_loss, stats_mode=stats_mode)]
+    curve.extend(rows)
+    return rows
+
+
+def _summarize(model, task, config: RunConfig, device, s: dict, status: str, stats_mode: str,
+               started: float, lengths: list[dict[str, Any]]) -> dict[str, Any]:
+    """Test metric at the last and at the best validation step (and at other lengths), and cost figures."""
+    nan = float("nan")
+    test_at_last = nan
+    if status == "finished":
+        test_at_last = evaluate(model, task, "test", config.train, device)[0]
+    test_at_best = nan
+    if s["best_state"] is not None:
+        model.load_state_dict(s["best_state"])
+        test_at_best = evaluate(model, task, "test", config.train, device)[0]
+        lengths.extend({"checkpoint": "best", "split": "test", "length": length, "metric": task.metric,
+                        "value": evaluate(model, task, "test", config.train, device, length)[0],
+                        "stats_mode": stats_mode}
+                       for length in config.train.eval_lengths)
+    return {
+        "status": status, "metric": task.metric, "mode": task.mode, "stats_mode": stats_mode,
+        "best_step": s["best_step"], "best_valid": s["best"] if s["best"] is not None else nan,
+        "valid_at_last": s["last_valid"] if s["last_valid"] is not None else nan,
+        "train_at_best": s["train_at_best"] if s["train_at_best"] is not None else nan,
+        "test_at_best": test_at_best, "test_at_last": test_at_last, "steps": s["step"],
+        "train_seconds": s["train_seconds"], "wall_seconds": time.perf_counter() - started,
+        "examples_per_second": s["examples"] / s["train_seconds"] if s["train_seconds"] > 0 else nan,
+        "num_params": sum(p.numel() for p in model.parameters()), "device": str(device),
+    }
