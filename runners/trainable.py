@@ -3,8 +3,8 @@
 Each evaluation of `fit` becomes one `tune.report` with a checkpoint holding the training
 state *and every curve row so far*; after a crash Tune restarts the trial from that
 checkpoint, so the curve holds each (trial, step, split) row exactly once. The trial writes
-its own Parquet files (curve after every evaluation, summary at the end) to the results
-location with pyarrow filesystems, so results reach a shared path or an object store from
+its own Parquet files (curve after every evaluation; summary, inference statistics and the
+best and last models under `models/` at the end) to the results location with pyarrow filesystems, so results reach a shared path or an object store from
 whichever node ran it. A trial whose summary already says it ended (written by an attempt
 whose last report the driver never heard: Ctrl-C or a kill in between) reports that summary
 instead of training again.
@@ -92,6 +92,7 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from runners.study import from_dict
+    from suite.core.checkpoints import save_models
     from suite.core.results import CURVE, to_table, write_run, write_table
     from suite.core.train import Report, fit
     from tasks.base import create
@@ -137,7 +138,10 @@ def train_trial(params: dict[str, Any]) -> None:
     result = fit(task, config, on_report=on_report, resume=resume)
     fit_seconds = time.perf_counter() - started
     summary = dict(result.summary)
-    write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)},
-              result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
-                                     "hostname": socket.gethostname()})
+    recorded = config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)}
+    # Models first: a summary that says "finished" promises its models are there (written_end skips the trial).
+    save_models(root, trial.trial_id, result.models, recorded, {"best": summary["best_step"], "last": summary["steps"]})
+    write_run(root, keys, rows, summary, recorded, result.lengths,
+              where={"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()},
+              inference=result.inference)
     tune.report(final_metrics(summary | {"status": result.status}, config.train.steps, fit_seconds))

@@ -80,6 +80,22 @@ LENGTHS = _schema([
     pa.field("stats_mode", pa.string()),
 ], "lengths")
 
+# BN variants at the end of a run: every way of taking statistics at inference (suite.core.inference),
+# at the best-validation and the last step, on validation and test (issue 13).
+INFERENCE = _schema([
+    pa.field("checkpoint", pa.string()),  # "best" or "last"
+    pa.field("step", pa.int64()),  # training step of that checkpoint
+    pa.field("split", pa.string()),
+    pa.field("stats_mode", pa.string()),  # "batch", "reestimate" or "running"
+    pa.field("batch_size", pa.int64()),  # evaluation batch size (batch statistics depend on it)
+    pa.field("draw", pa.int64()),  # independent re-estimation draw (null for batch and running)
+    pa.field("reestimate_batches", pa.int64()),  # training batches per re-estimation (0 when none)
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("loss", pa.float64()),
+    pa.field("seconds", pa.float64()),  # evaluation time (re-estimation excluded): the cost of measuring
+], "inference")
+
 # Throughput of one variant at one shape (written by `suite bench`); study/trial_id name the bench run.
 THROUGHPUT = _schema([
     pa.field("shape", pa.string()),  # e.g. "smnist" (T=784, B=100, F=1, H=100)
@@ -97,7 +113,8 @@ THROUGHPUT = _schema([
     pa.field("env_json", pa.string()),
 ], "throughput")
 
-TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "throughput": THROUGHPUT}
+TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "inference": INFERENCE,
+                                 "throughput": THROUGHPUT}
 
 
 def environment() -> dict[str, Any]:
@@ -154,8 +171,9 @@ def write_table(table: pa.Table, root: str, name: str, trial_id: str) -> str:
 
 def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]], summary: Mapping[str, Any],
               config: Mapping[str, Any], lengths: list[Mapping[str, Any]] = (),
-              where: Mapping[str, Any] | None = None) -> None:
-    """Write one trial's curve, summary (and lengths) tables; `keys` holds study, trial_id, task, variant, seed.
+              where: Mapping[str, Any] | None = None, inference: list[Mapping[str, Any]] = ()) -> None:
+    """Write one trial's curve, summary (and lengths, inference) tables; `keys` holds study, trial_id, task,
+    variant, seed.
 
     `where` adds facts about the process that ran the trial (e.g. its Ray node) to the environment.
     """
@@ -163,6 +181,8 @@ def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]]
     write_table(to_table([dict(keys, **row) for row in curve], CURVE), root, "curve", trial_id)
     if lengths:
         write_table(to_table([dict(keys, **row) for row in lengths], LENGTHS), root, "lengths", trial_id)
+    if inference:
+        write_table(to_table([dict(keys, **row) for row in inference], INFERENCE), root, "inference", trial_id)
     row = dict(keys, **summary, config_json=json.dumps(config, sort_keys=True),
                env_json=json.dumps(environment() | dict(where or {}), sort_keys=True))
     write_table(to_table([row], SUMMARY), root, "summary", trial_id)
