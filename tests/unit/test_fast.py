@@ -1,4 +1,4 @@
-"""The fast paths (`impl = "fast"`, suite/core/backends/pytorch.py) against the reference time loop they replace.
+"""The fast paths (`impl = "fast"`, suite/core/backends/) against the reference time loop they replace.
 
 Every check builds the reference and the fast stack from one state_dict and compares
 outputs, final states, every parameter gradient and the BN statistics (train, population,
@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from suite.core import variants
+from suite.core.backends import choose
+from suite.core.backends.fused import FusedRecurrent
+from suite.core.backends.native import build, loop
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.core.errors import ConfigError
-from suite.core.backends.pytorch import FusedRecurrent, LoopRecurrent, layer_runner
-from suite.core.backends.native import build, loop
-from suite.core.recurrent import Recurrent
+from suite.core.recurrent import LoopRecurrent, Recurrent
 
 FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -36,7 +37,7 @@ def backend(request, monkeypatch) -> str:
 
 def test_the_backend_is_the_one_under_test(backend):
     layer = variants.build("bn_lstm", F, H, impl="fast").layers[0]
-    runner = layer_runner(layer, torch.zeros(T, B, F))
+    runner = choose(layer, torch.zeros(T, B, F))
     assert (runner is loop.run_layer) == (backend == "native")
 
 
@@ -132,7 +133,7 @@ def test_dropout_between_layers(name):
 
 @pytest.mark.parametrize("name", BN)
 @pytest.mark.parametrize(("statistics", "t_max", "offset"), [
-    ("per_step", 7, 0),  # every step has its own row: the one-kernel input BN of fused.input_term
+    ("per_step", 7, 0),  # every step has its own row: the one-kernel input BN of pytorch.input_term
     ("per_step", 4, 1),  # steps beyond T_max share the last row: the reference's input BN
     ("sequence", 7, 0),
 ])
