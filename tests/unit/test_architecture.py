@@ -13,6 +13,7 @@ import pytest
 from runners import local
 from runners.local import StudyRun
 from suite.cli import main as cli
+from suite.core.errors import ConfigError
 from tests.unit.report_fixtures import write_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +69,32 @@ def test_run_command_without_a_report_writes_none(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "run_study", lambda *args: StudyRun(130, str(tmp_path)))
     assert cli(["run", "unused.toml", "--results", str(tmp_path)]) == 130
     assert not list(tmp_path.glob("*.md"))
+
+
+HEAVY = ("torch", "ray", "pyarrow")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tasks"], ["run", "--help"], ["bench", "--help"]])
+def test_help_and_task_listing_import_no_heavy_library(argv):
+    """`suite --help` and `suite tasks` stay fast (README: under 0.5 s): no torch, Ray or pyarrow on the way."""
+    code = ("import sys\nfrom suite.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in %r if m in sys.modules))" % (argv, HEAVY))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_task_catalog_agrees_with_the_classes(monkeypatch):
+    """`suite tasks` lists from tasks/catalog.py; the registry refuses a built-in whose class disagrees."""
+    from tasks import base, catalog
+
+    for name, cls in base.registry().items():
+        if name in catalog.BUILTIN:
+            listing = catalog.BUILTIN[name]
+            assert (listing.metric, listing.mode, listing.description) == (cls.metric, cls.mode, cls.description)
+    assert set(catalog.BUILTIN) <= set(base.registry())
+    wrong = catalog.Listing(catalog.BUILTIN["copy"].target, "bpc", "min", "copy")
+    monkeypatch.setitem(catalog.BUILTIN, "copy", wrong)
+    monkeypatch.delitem(base._REGISTRY, "copy")
+    with pytest.raises(ConfigError, match="built-in task 'copy': tasks/catalog.py lists"):
+        base.registry()
