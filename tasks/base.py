@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from suite.core.config import build_dataclass
 from suite.core.errors import ConfigError
+from suite.core.model import SequenceModel
 from tasks.catalog import BUILTIN, ENTRY_POINT_GROUP, Listing
 
 DATA_DIR_ENV = "RECNORM_DATA_DIR"
@@ -145,8 +146,6 @@ class Task:
         A task with its own architecture (e.g. an attentive reader) returns a module with the
         same call contract: `model(batch, state=None, time_offset=0) -> (logits, state)`.
         """
-        from suite.core.model import SequenceModel
-
         return SequenceModel(self, config)
 
     def head(self, hidden_size: int) -> nn.Module:
