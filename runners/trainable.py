@@ -26,7 +26,7 @@ import torch
 from runners.study import from_dict
 from suite.core.provenance import write_run
 from suite.core.results import CURVE, read_trial_row, to_table, write_table
-from suite.core.train import Report, fit
+from suite.core.train import Evaluation, fit
 from tasks.base import create
 
 # Keys of the dict Tune passes to a trial (`param_space` in runners.local).
@@ -118,7 +118,7 @@ def train_trial(params: dict[str, Any]) -> None:
         rows, resume = saved["rows"], saved["fit"]
         stopper.load(saved["stopper"])
 
-    def on_report(report: Report) -> bool:
+    def on_report(report: Evaluation) -> bool:
         nonlocal rows
         rows = merge_rows(rows, [dict(keys, **row) for row in report.rows])
         # The curve so far, rewritten whole (atomically): readable while the study runs.
