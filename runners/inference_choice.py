@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import torch
 
 from suite.core.cells.norms import kept_statistics
-from suite.core.config import load_run_config
 from suite.core.inference import eval_batch_size, evaluate_split, refresh_statistics
 from suite.core.train import fit
 from tasks.base import create
+from tasks.resolve import load_run_config
 
 
 def estimators(train, draws: int, many: int) -> list[tuple[str, int, int, bool]]:

@@ -19,7 +19,8 @@ import torch
 
 from suite.core import checkpoints
 from suite.core.cells.norms import batch_norms
-from suite.core.config import RunConfig, resolve
+from suite.core.config import RunConfig
+from tasks.resolve import resolve
 from suite.core.errors import SuiteError
 from suite.core.results import read_trial_row
 from tasks.base import create

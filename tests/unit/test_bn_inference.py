@@ -11,11 +11,11 @@ from runners import bn_inference
 from runners.saved import load
 from suite.core import checkpoints
 from suite.core.cells.norms import BATCH, statistics_mode
-from suite.core.config import load_run_config
 from suite.core.errors import SuiteError
 from suite.core.results import BN_INFERENCE
 from suite.core.train import fit
 from tasks.base import create
+from tasks.resolve import load_run_config
 
 TINY = ["task.length=10", "task.train_size=200", "task.eval_size=64", "model.hidden_size=8",
         "train.batch_size=16", "train.steps=12", "train.eval_every=6", "train.reestimate_batches=3",

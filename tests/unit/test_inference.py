@@ -12,10 +12,10 @@ import torch
 
 from suite.core import checkpoints
 from suite.core.cells.norms import BATCH, batch_norms, statistics_mode
-from suite.core.config import load_run_config
 from suite.core.errors import SuiteError
 from suite.core.train import fit
 from tasks.base import create
+from tasks.resolve import load_run_config
 
 TINY = ["task.length=8", "task.train_size=200", "task.eval_size=70", "model.hidden_size=8",
         "train.batch_size=32", "train.steps=12", "train.eval_every=4", "train.reestimate_batches=2",

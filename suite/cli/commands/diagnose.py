@@ -83,7 +83,8 @@ def gradient_flow(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
     import torch
 
-    from reports.gradient_flow import FlowConfig, diagnose
+    from reports.gradient_flow import figures
+    from runners.gradient_flow import FlowConfig, diagnose
     from tasks.base import default_data_dir
 
     try:
@@ -96,18 +97,20 @@ def gradient_flow(args: argparse.Namespace) -> int:
         raise ConfigError("--length must be 1..784, --hidden-size >= 1, --batch-size >= 2")
     config = FlowConfig(args.length, args.hidden_size, args.batch_size, args.h0_noise, seed=args.seed)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    out = args.out or "diagnostics"
     # Hundreds of small ops per step: one thread avoids oversubscription when processes share the cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        table, paths = diagnose(args.out or "diagnostics", data_dir, gammas, config)
+        table = diagnose(out, data_dir, gammas, config)
     finally:
         torch.set_num_threads(threads)
+    paths = figures(table, Path(out))
     a = table.filter(pc.equal(table["figure"], "1a"))
     print(f"inputs: {a['source'][0].as_py()}")
     last = config.length - 1
     for gamma in gammas:
         rows = {r["t"]: r["value"] for r in a.to_pylist() if r["gamma"] == gamma and r["t"] in (0, last)}
         print(f"gamma {gamma:.2f}: ||dL/dh_t|| {rows[last]:.3e} at t={last}, {rows[0]:.3e} at t=0")
-    print(f"wrote {Path(args.out or 'diagnostics') / 'gradient_flow'} and " + ", ".join(str(p) for p in paths))
+    print(f"wrote {Path(out) / 'gradient_flow'} and " + ", ".join(str(p) for p in paths))
     return 0

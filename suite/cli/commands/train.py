@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from suite.core.errors import ConfigError, SuiteError
+from suite.core.errors import ConfigError
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -24,8 +24,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     """Resolve the config, train, write curve and summary tables."""
     from suite.core.checkpoints import save_models
-    from suite.core.config import load_run_config
-    from suite.core.results import write_run
+    from tasks.resolve import load_run_config
+    from suite.core.provenance import write_run
+    from suite.core.results import check_writable
     from suite.core.train import fit
     from tasks.base import create
 
@@ -59,21 +60,6 @@ def main(args: argparse.Namespace) -> int:
           f"{s['examples_per_second']:.0f} examples/s; tables in {args.results}"
           + (f", models in {args.results}/models/{trial_id}/ ({len(saved)} saved)" if saved else ""))
     return 0 if result.status == "finished" else 1
-
-
-def check_writable(location: str) -> None:
-    """Fail before training when the results location cannot be written."""
-    from suite.core.results import filesystem
-
-    fs, path = filesystem(location)
-    try:
-        fs.create_dir(path, recursive=True)
-        probe = f"{path}/.write-probe"
-        with fs.open_output_stream(probe) as fh:
-            fh.write(b"ok")
-        fs.delete_file(probe)
-    except (OSError, PermissionError) as exc:
-        raise SuiteError(f"results location {location} is not writable ({exc}); choose another --results") from None
 
 
 __all__ = ["ConfigError", "configure", "main"]
