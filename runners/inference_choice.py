@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--many", type=int, default=100, help="batches of the large re-estimation")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on shared cores)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     config = load_run_config(args.config, args.overrides + ["train.inference_draws=0"])
     train = config.train
     task = create(config.task.name, config.task.options, config.data.dir, config.data.path)
