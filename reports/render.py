@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports import convergence, generalization
+from reports import claims, convergence, generalization
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import GRADIENT_FLOW, TABLE as FLOW_TABLE, figures as flow_figures
 from reports.load import BASELINE, Study, load_study, read_folder
@@ -140,6 +140,7 @@ class Report:
                        "al. (2016), Tables 1-3.", ""]
         for task in s.tasks():
             self.task_section(task)
+        self.claims_section()
         self.throughput_sections()
         self.gradient_flow_section()
         self.problems_section()
@@ -288,6 +289,58 @@ class Report:
                        "each validation step; the right panel places each step at the mean training seconds of the "
                        "trials.", ""]
         self.link(path, f"{task}: validation curves")
+
+    def claims_section(self) -> None:
+        """Each claim of the literature (reports.claims), with this study's estimate and verdict per task."""
+        s = self.study
+        fmts = {task: metric_format(*s.metric(task)) for task in s.tasks()}
+        rows = claims.all_rows(s, self.points, self.fraction, self.targets,
+                               lambda task: 1 if fmts[task].higher_is_better else -1)
+        self.lines += ["## Claims: does the literature hold on this study?", "", claims.RULES, ""]
+        flow = claims.gradient_flow_evidence([t for t in (read_folder(p / FLOW_TABLE, GRADIENT_FLOW)
+                                                           for p in self.study_paths()) if t is not None])
+        for claim in claims.CLAIMS:
+            mine = rows[claim.number]
+            counts = {v: sum(r.judgement.verdict == v for r in mine if not r.context)
+                      for v in (claims.SUPPORTED, claims.CONTRADICTED, claims.INCONCLUSIVE, claims.NOT_TESTED)}
+            tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no rows"
+            self.lines += [f"### Claim {claim.number}: {claim.sentence}", "",
+                           f"Source: {claim.source}. Rows: {tally}.", ""]
+            if all(r.judgement.verdict == claims.NOT_TESTED for r in mine):
+                reasons = sorted({f'{r.task}: {r.judgement.reason}' for r in mine})
+                self.lines += [f"Not tested: {'; '.join(reasons) or 'no task'}. The study would need {claim.needs}.",
+                               ""]
+            else:
+                self.lines += _table(["task", "comparison", "arms (estimate = first − second)", "seeds",
+                                      "estimate [95 % CI]", "verdict", "why / seeds needed"],
+                                     [[r.task, r.text, r.arms, r.counts, self.claim_estimate(r, fmts[r.task]),
+                                       "context" if r.context else r.judgement.verdict,
+                                       DASH if r.context and r.judgement.verdict != claims.NOT_TESTED
+                                       else (r.judgement.reason or DASH)] for r in mine])
+                self.lines.append("")
+            if claim.number == 1 and flow:
+                parts = "; ".join(f"γ={g:g}: {start:.3e} at t=0, {end:.3e} at the last step"
+                                  for g, start, end in flow)
+                self.lines += [f"Gradient flow at initialization (paper Figure 1a, BN tanh RNN, norm of d loss / d h_t "
+                               f"averaged over the batch): {parts}.", ""]
+
+    @staticmethod
+    def claim_estimate(row: claims.Row, fmt: Fmt) -> str:
+        """A row's contrast and interval in display units (steps as integers)."""
+        j = row.judgement
+        if not math.isfinite(j.diff):
+            return DASH
+        if row.quantity == "steps":
+            def num(v: float) -> str:
+                return f"{v:+.0f}" if math.isfinite(v) else DASH
+        else:
+            def num(v: float) -> str:
+                return fmt.num(v, signed=True)
+        return f"{num(j.diff)} [{num(j.low)}, {num(j.high)}]" if math.isfinite(j.low) else num(j.diff)
+
+    def study_paths(self) -> list[Path]:
+        """Directories of the studies behind this report (several when studies were merged)."""
+        return [self.study.path]
 
     def throughput_sections(self) -> None:
         """The study's throughput table and the benchmark JSON, when present."""
