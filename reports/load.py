@@ -96,6 +96,7 @@ class Trial:
     status: str
     error: str
     row: dict[str, Any]
+    source: str = ""  # the study it came from, when studies were merged (reports.merge)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Study:
     lengths: pa.Table | None
     throughput: pa.Table | None
     trials: dict[str, Trial] = field(default_factory=dict)
+    parts: tuple[tuple[str, Path], ...] = ()  # (name, directory) of each merged study; empty for one study
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""

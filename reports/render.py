@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,11 @@ from reports import claims, convergence, generalization
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import GRADIENT_FLOW, TABLE as FLOW_TABLE, figures as flow_figures
 from reports.load import BASELINE, Study, load_study, read_folder
+from reports.merge import merge
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
+from suite.core.errors import ConfigError
 
 DASH = "—"
 
@@ -138,6 +140,7 @@ class Report:
                        "inverting the t CDF (regularized incomplete beta function, bisection), not read from a table. "
                        "A `*` marks an interval that excludes zero. Paper numbers are the test results of Cooijmans et "
                        "al. (2016), Tables 1-3.", ""]
+        self.sources_section()
         for task in s.tasks():
             self.task_section(task)
         self.claims_section()
@@ -145,6 +148,25 @@ class Report:
         self.gradient_flow_section()
         self.problems_section()
         return "\n".join(self.lines).rstrip("\n") + "\n"
+
+    def sources_section(self) -> None:
+        """For merged studies: which study each arm's seeds came from."""
+        s = self.study
+        if not s.parts:
+            return
+        rows = []
+        for task in s.tasks():
+            for arm in s.arms(task):
+                by_study: dict[str, list[int]] = {}
+                for t in s.trials_of(task, arm):
+                    by_study.setdefault(t.source, []).append(t.seed)
+                rows += [[task, f"`{arm}`", f"`{name}`", ", ".join(map(str, sorted(seeds)))]
+                         for name, seeds in sorted(by_study.items())]
+        self.lines += ["## Sources (merged studies)", "",
+                       f"Merged from {len(s.parts)} studies ({', '.join(f'`{n}`' for n, _ in s.parts)}); they agree on "
+                       "every shared setting that is not a grid axis, and arms are pooled over them.", ""]
+        self.lines += _table(["task", "arm", "study", "seeds"], rows)
+        self.lines.append("")
 
     def task_section(self, task: str) -> None:
         """All per-task sections."""
@@ -340,7 +362,7 @@ class Report:
 
     def study_paths(self) -> list[Path]:
         """Directories of the studies behind this report (several when studies were merged)."""
-        return [self.study.path]
+        return [path for _, path in self.study.parts] or [self.study.path]
 
     def throughput_sections(self) -> None:
         """The study's throughput table and the benchmark JSON, when present."""
@@ -379,9 +401,10 @@ class Report:
 
     def gradient_flow_section(self) -> None:
         """Paper Figure 1 from the study's gradient_flow table (`suite diagnose gradient-flow --out STUDY`)."""
-        table = read_folder(self.study.path / FLOW_TABLE, GRADIENT_FLOW)
-        if table is None:
+        tables = [t for t in (read_folder(p / FLOW_TABLE, GRADIENT_FLOW) for p in self.study_paths()) if t is not None]
+        if not tables:
             return
+        table = tables[0]  # merged studies: the first study's diagnostic (it is deterministic)
         a = table.filter(pc.equal(table["figure"], "1a"))
         self.lines += ["## Gradient flow at initialization (paper Figure 1)", ""]
         if a.num_rows:
@@ -439,12 +462,20 @@ class Report:
         self.lines.append("")
 
 
-def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | None = None,
+def load(studies: str | Path | Sequence[str | Path]) -> Study:
+    """One study directory, or several merged into one (reports.merge) so their seeds pool."""
+    dirs = [studies] if isinstance(studies, str | Path) else list(studies)
+    if len(dirs) == 1:
+        return load_study(dirs[0])
+    return merge([load_study(d) for d in dirs])
+
+
+def render(study_dir: str | Path | Sequence[str | Path], out: str | Path, benchmark_json: str | Path | None = None,
            fraction: float = convergence.DEFAULT_FRACTION, targets: Mapping[str, float] | None = None) -> str:
-    """Load a study, draw its figures beside `out`, and return the markdown (not yet written)."""
+    """Load a study (or merge several), draw its figures beside `out`, and return the markdown (not yet written)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"target fraction must be in (0, 1], got {fraction}")
-    study = load_study(study_dir)
+    study = load(study_dir)
     bench = read_benchmark_json(benchmark_json) if benchmark_json else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # only once the study has loaded: bad input creates nothing
@@ -452,11 +483,18 @@ def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | 
     return report.build()
 
 
-def write_report(study_dir: str | Path, out: str | Path | None = None, benchmark_json: str | Path | None = None,
-                 fraction: float = convergence.DEFAULT_FRACTION, targets: Mapping[str, float] | None = None) -> Path:
-    """Write the markdown report of a study (default `<study>/report.md`) with its PNGs beside it; returns the path."""
-    out = Path(out) if out else Path(study_dir) / "report.md"
-    text = render(study_dir, out, benchmark_json, fraction, targets)
+def write_report(study_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
+                 benchmark_json: str | Path | None = None, fraction: float = convergence.DEFAULT_FRACTION,
+                 targets: Mapping[str, float] | None = None) -> Path:
+    """Write the markdown report of a study (default `<study>/report.md`) with its PNGs beside it; returns the path.
+
+    Several study directories are merged into one report, which then needs `out`.
+    """
+    dirs = [study_dir] if isinstance(study_dir, str | Path) else list(study_dir)
+    if out is None and len(dirs) > 1:
+        raise ConfigError(f"{len(dirs)} studies are merged into one report: say where it goes with --out FILE.md")
+    out = Path(out) if out else Path(dirs[0]) / "report.md"
+    text = render(dirs, out, benchmark_json, fraction, targets)
     temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     temp.write_text(text, encoding="utf-8")
     os.replace(temp, out)

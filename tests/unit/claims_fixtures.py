@@ -38,7 +38,7 @@ PTB = {
 
 
 def _trial(study: Path, name: str, task: str, variant: str, seed: int, grid: dict, metric: str, mode: str,
-           test: float, curve: list[float], best_valid: float, train_at_best: float) -> str:
+           test: float, curve: list[float], best_valid: float, train_at_best: float, train_steps: int = 400) -> str:
     suffix = "".join(f"-{k.rsplit('.', 1)[-1]}={v}" for k, v in grid.items())
     trial = f"{task}-{variant}-s{seed}{suffix}"
     keys = {"study": name, "trial_id": trial, "task": task, "variant": variant, "seed": seed}
@@ -46,7 +46,7 @@ def _trial(study: Path, name: str, task: str, variant: str, seed: int, grid: dic
                  train_seconds=step * 0.1, examples=step * 10) for step, value in zip(STEPS, curve)]
     write_table(to_table(rows, CURVE), str(study), "curve", trial)
     options = {"gamma_init": grid["model.gamma_init"]} if "model.gamma_init" in grid else {}
-    config = {"task": {"name": task, "options": {}}, "train": {"seed": seed, "steps": 400},
+    config = {"task": {"name": task, "options": {}}, "train": {"seed": seed, "steps": train_steps},
               "model": {"variant": variant, "hidden_size": 8, "num_layers": grid.get("model.num_layers", 1),
                         "options": options}, "grid": grid}
     summary = dict(keys, status="finished", metric=metric, mode=mode, best_valid=best_valid,
@@ -57,18 +57,24 @@ def _trial(study: Path, name: str, task: str, variant: str, seed: int, grid: dic
     return trial
 
 
-def write_claims_study(root: Path, name: str = "claims-small") -> Path:
-    """Write the study under root/name and return its directory."""
+def write_claims_study(root: Path, name: str = "claims-small", seeds: set[int] | None = None,
+                       train_steps: int = 400) -> Path:
+    """Write the study (only `seeds` when given) under root/name and return its directory."""
     study = root / name
-    for (variant, gamma, layers), seeds in PMNIST.items():
+    for (variant, gamma, layers), runs in PMNIST.items():
         grid = {"model.num_layers": layers} | ({"model.gamma_init": gamma} if gamma is not None else {})
-        for seed, (test, reach, best, train) in seeds.items():
+        for seed, (test, reach, best, train) in runs.items():
+            if seeds is not None and seed not in seeds:
+                continue
             curve = [best if step >= reach else 0.5 for step in STEPS]
-            _trial(study, name, "pmnist", variant, seed, grid, "accuracy", "max", test, curve, best, train)
-    for variant, seeds in PTB.items():
-        for seed, (test, best, train, at100, at400) in seeds.items():
+            _trial(study, name, "pmnist", variant, seed, grid, "accuracy", "max", test, curve, best, train, train_steps)
+    for variant, runs in PTB.items():
+        for seed, (test, best, train, at100, at400) in runs.items():
+            if seeds is not None and seed not in seeds:
+                continue
             curve = [2.0, 1.8, 1.6, best]
-            trial = _trial(study, name, "ptb_char", variant, seed, {}, "bpc", "min", test, curve, best, train)
+            trial = _trial(study, name, "ptb_char", variant, seed, {}, "bpc", "min", test, curve, best, train,
+                           train_steps)
             keys = {"study": name, "trial_id": trial, "task": "ptb_char", "variant": variant, "seed": seed}
             rows = [dict(keys, checkpoint="best", split="test", length=n, metric="bpc", value=v,
                          stats_mode="population") for n, v in ((100, at100), (400, at400))]

@@ -114,3 +114,39 @@ def test_golden_claims_section(section):
         GOLDEN.write_text(section)
     assert section == GOLDEN.read_text(), "claims section differs from tests/golden/claims_section.md " \
                                           "(UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_merged_studies_pool_seeds_and_name_sources(tmp_path, section):
+    """Seeds 0-1 in one study and seed 2 in another give the same claims as the whole study."""
+    from suite.cli import main as cli
+
+    a = write_claims_study(tmp_path, "part-a", seeds={0, 1})
+    b = write_claims_study(tmp_path, "part-b", seeds={2})
+    out = tmp_path / "merged" / "claims.md"
+    assert cli(["report", str(a), str(b), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Study report: part-a + part-b\n")
+    assert text[text.index("## Claims"):text.index("## Failed")] == section
+    sources = text.split("## Sources (merged studies)", 1)[1].split("\n## ", 1)[0]
+    assert "| pmnist | `bn_vertical (model.num_layers=3)` | `part-a` | 0, 1 |" in sources
+    assert "| pmnist | `bn_vertical (model.num_layers=3)` | `part-b` | 2 |" in sources
+    assert "| pmnist | `ln_lstm (model.num_layers=1)` | `part-a` | 0 |" in sources
+
+
+def test_merge_refuses_incompatible_and_duplicate_studies(tmp_path, capsys):
+    from suite.cli import main as cli
+
+    a = write_claims_study(tmp_path, "a", seeds={0, 1})
+    longer = write_claims_study(tmp_path, "longer", seeds={2}, train_steps=800)
+    same = write_claims_study(tmp_path, "same-seeds", seeds={1})
+    out = tmp_path / "m.md"
+    assert cli(["report", str(a), str(longer), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot merge studies 'a' and 'longer'" in err and "train.steps = 400 vs 800" in err
+    assert cli(["report", str(a), str(same), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "studies 'a' and 'same-seeds' both hold seed 1" in err and "a seed must count once" in err
+    assert cli(["report", str(a), str(a), "--out", str(out)]) == 2
+    assert cli(["report", str(a), str(longer)]) == 2  # several studies need --out
+    assert "--out" in capsys.readouterr().err
+    assert not out.exists()
