@@ -36,6 +36,7 @@ Z_ALPHA = NormalDist().inv_cdf(0.5 + LEVEL / 2)  # 1.95996...
 Z_POWER = NormalDist().inv_cdf(POWER)  # 0.84162...
 PAPER_GAMMA = 0.1  # the paper's gamma_init (Section 4); the default of the BN variants
 BN_VARIANTS = ("bn_lstm", "bn_vertical")
+DASH = "—"
 
 RULES = (
     "Verdict rules (per row): the estimate is a contrast of arm means over finished seeds with a 95 % "
@@ -376,9 +377,6 @@ def evaluate(study: Study, task: str, claim: Claim, ev: Evidence, sign: int) -> 
             text = f"{c.text} ({ev.long_length})" if c.quantity == "long" else c.text
             rows.append(Row(claim.number, task, text, where, c.quantity, counts, j, c.context))
     return rows
-
-
-DASH = "—"
 
 
 def gradient_flow_evidence(tables: Sequence[pa.Table]) -> list[tuple[float, float, float]]:

@@ -30,6 +30,12 @@ def test_claims_quick_dry_run(tmp_path, capsys):
     assert "pmnist-lstm-s7" in {t.trial_id for t in trials}
 
 
+def test_claims_fashion_is_claims_quick_on_another_task():
+    quick, fashion = (load_study(STUDIES / f"{n}.toml") for n in ("claims-quick", "claims-fashion"))
+    assert len(fashion.trials()) == 40 and list(fashion.tasks) == ["sfmnist"]
+    assert (fashion.variants, fashion.seeds, fashion.variant_grid) == (quick.variants, quick.seeds, quick.variant_grid)
+
+
 @pytest.mark.parametrize("name, count, layers", [("depth", 36, {1, 3, 5}), ("paper-depth", 36, {1, 3, 5})])
 def test_depth_studies(name, count, layers):
     trials = load_study(STUDIES / f"{name}.toml").trials()
@@ -69,7 +75,8 @@ def test_variant_grid_multiplies_only_its_variant(tmp_path):
         ["adding-lstm-s0-lr=0.001", "adding-lstm-s0-lr=0.01"]
         + [f"adding-bn_lstm-s0-lr={lr}-gamma_init={g}" for lr in (0.001, 0.01) for g in (0.1, 1.0)])
     for t in trials:  # what Tune carries round-trips to the same trial
-        assert point_of({"point": point(t.task, t.variant, t.seed, t.grid)}) == (t.task, t.variant, t.seed, dict(t.grid))
+        carried = {"point": point(t.task, t.variant, t.seed, t.grid)}
+        assert point_of(carried) == (t.task, t.variant, t.seed, dict(t.grid))
 
 
 @pytest.mark.parametrize("extra, message", [
