@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports import convergence
-from reports.load import Study, Trial, flatten
+from reports.load import StudyTables, TrialSummary, flatten
 from reports.stats import Difference, contrast_interval, summarize
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
@@ -187,7 +187,7 @@ CLAIMS = (
 # ---------------------------------------------------------------------------------------------
 # Reading arms and per-seed quantities from a study
 
-def _config(trial: Trial) -> dict[str, str]:
+def _config(trial: TrialSummary) -> dict[str, str]:
     try:
         config = json.loads(trial.row.get("config_json") or "{}")
     except json.JSONDecodeError:
@@ -195,7 +195,7 @@ def _config(trial: Trial) -> dict[str, str]:
     return flatten(config) if isinstance(config, dict) else {}
 
 
-def setting(trial: Trial, key: str) -> float | None:
+def setting(trial: TrialSummary, key: str) -> float | None:
     """A numeric model setting (`gamma_init`, `num_layers`): the arm's grid value, else its recorded config."""
     for name, value in trial.settings:
         if name.rsplit(".", 1)[-1] == key:
@@ -214,7 +214,7 @@ def setting(trial: Trial, key: str) -> float | None:
     return None
 
 
-def _matches(study: Study, task: str, arm: str, side: Side) -> bool:
+def _matches(study: StudyTables, task: str, arm: str, side: Side) -> bool:
     trials = study.trials_of(task, arm)
     if not trials or trials[0].variant != side.variant:
         return False
@@ -223,11 +223,11 @@ def _matches(study: Study, task: str, arm: str, side: Side) -> bool:
     return gamma is None if wanted is None else gamma is not None and math.isclose(gamma, wanted)
 
 
-def _other_settings(study: Study, task: str, arm: str) -> dict[str, str]:
+def _other_settings(study: StudyTables, task: str, arm: str) -> dict[str, str]:
     return {k: v for k, v in study.trials_of(task, arm)[0].settings if not k.endswith("gamma_init")}
 
 
-def pairs(study: Study, task: str, a: Side, b: Side) -> list[tuple[str, str]]:
+def pairs(study: StudyTables, task: str, a: Side, b: Side) -> list[tuple[str, str]]:
     """(arm of a, arm of b) that agree on every shared setting other than gamma, in arm order."""
     arms = study.arms(task)
     out = []
@@ -244,14 +244,14 @@ def pairs(study: Study, task: str, a: Side, b: Side) -> list[tuple[str, str]]:
 class Evidence:
     """Per-trial quantities of one task, computed once (steps to target need the task's target)."""
 
-    study: Study
+    study: StudyTables
     task: str
     steps: dict[str, float] = field(default_factory=dict)
     long_length: int | None = None
     long: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, study: Study, task: str, points: pa.Table, fraction: float, given: float | None) -> Evidence:
+    def of(cls, study: StudyTables, task: str, points: pa.Table, fraction: float, given: float | None) -> Evidence:
         ev = cls(study, task)
         target = convergence.task_target(study, task, fraction, given)
         trials = [t for t in study.trials.values() if t.task == task]
@@ -305,11 +305,11 @@ class Row:
     context: bool = False
 
 
-def _depth(study: Study, task: str, arm: str) -> float:
+def _depth(study: StudyTables, task: str, arm: str) -> float:
     return setting(study.trials_of(task, arm)[0], "num_layers") or 1.0
 
 
-def _missing(study: Study, task: str, sides: Sequence[Side]) -> str:
+def _missing(study: StudyTables, task: str, sides: Sequence[Side]) -> str:
     """What the study lacks for a comparison of these sides on this task."""
     have = {t.variant for t in study.trials.values() if t.task == task}
     for side in sides:
@@ -321,7 +321,7 @@ def _missing(study: Study, task: str, sides: Sequence[Side]) -> str:
     return "no arms that agree on their other settings"
 
 
-def evaluate(study: Study, task: str, claim: Claim, ev: Evidence, sign: int) -> list[Row]:
+def evaluate(study: StudyTables, task: str, claim: Claim, ev: Evidence, sign: int) -> list[Row]:
     """Rows of one claim on one task. `sign` is +1 for higher-is-better metrics and -1 otherwise."""
     rows = []
     for c in claim.comparisons:
@@ -393,7 +393,7 @@ def gradient_flow_evidence(tables: Sequence[pa.Table]) -> list[tuple[float, floa
     return [(g, v[0], v[1]) for g, v in sorted(out.items())]
 
 
-def all_rows(study: Study, points: pa.Table, fraction: float, targets: dict[str, float],
+def all_rows(study: StudyTables, points: pa.Table, fraction: float, targets: dict[str, float],
              sign_of: Callable[[str], int]) -> dict[int, list[Row]]:
     """Every claim's rows over the study's tasks (claim number -> rows in task order)."""
     out: dict[int, list[Row]] = {c.number: [] for c in CLAIMS}

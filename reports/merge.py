@@ -21,11 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.load import _IGNORED_KEYS, Study, Trial, flatten
+from reports.load import _IGNORED_KEYS, StudyTables, TrialSummary, flatten
 from suite.core.errors import ConfigError
 
 
-def _config(trial: Trial) -> dict[str, Any]:
+def _config(trial: TrialSummary) -> dict[str, Any]:
     try:
         config = json.loads(trial.row.get("config_json") or "{}")
     except json.JSONDecodeError:
@@ -41,7 +41,7 @@ def _lookup(flat: dict[str, Any], key: str) -> Any:
     return flat.get(f"{section}.options.{rest}")
 
 
-def _protocol(trial: Trial, grid_keys: set[str]) -> dict[str, str]:
+def _protocol(trial: TrialSummary, grid_keys: set[str]) -> dict[str, str]:
     """The settings two studies must share for this trial's task: everything but per-arm and per-trial keys."""
     skip = set(grid_keys) | {f"{k.partition('.')[0]}.options.{k.partition('.')[2]}" for k in grid_keys}
     return {k: json.dumps(v, sort_keys=True) for k, v in _config(trial).items()
@@ -61,8 +61,8 @@ def _concat(tables: list[pa.Table | None]) -> pa.Table | None:
     return pa.concat_tables(present).replace_schema_metadata(present[0].schema.metadata) if present else None
 
 
-def merge(studies: Sequence[Study]) -> Study:
-    """One Study holding the trials of all `studies`; ConfigError (one line) when they are incompatible."""
+def merge(studies: Sequence[StudyTables]) -> StudyTables:
+    """One StudyTables holding the trials of all `studies`; ConfigError (one line) when they are incompatible."""
     names = [s.name for s in studies]
     for name in names:
         if names.count(name) > 1:
@@ -86,7 +86,7 @@ def merge(studies: Sequence[Study]) -> Study:
                                           f"{key} = {theirs[key]} vs {mine[key]}; merge only studies of the same "
                                           f"protocol (or add {key} as a grid axis)")
             seen.append((s.name, mine))
-    trials: dict[str, Trial] = {}
+    trials: dict[str, TrialSummary] = {}
     owner: dict[tuple[str, str, int], str] = {}
     for s in studies:
         for t in sorted(s.trials.values(), key=lambda t: t.trial_id):
@@ -106,9 +106,9 @@ def merge(studies: Sequence[Study]) -> Study:
                                   f"arm `{arm}`: a seed must count once; drop one study or rerun with other seeds")
             owner[where] = s.name
             trial_id = f"{s.name}/{t.trial_id}"
-            trials[trial_id] = Trial(trial_id, t.task, t.variant, t.seed, arm, settings, t.status, t.error, t.row,
+            trials[trial_id] = TrialSummary(trial_id, t.task, t.variant, t.seed, arm, settings, t.status, t.error, t.row,
                                      source=s.name)
-    merged = Study(" + ".join(names), studies[0].path,
+    merged = StudyTables(" + ".join(names), studies[0].path,
                    _concat([_retag(s.summary, s.name) for s in studies]),
                    _concat([_retag(s.curve, s.name) for s in studies]),
                    _concat([_retag(s.lengths, s.name) for s in studies]),

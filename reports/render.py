@@ -25,13 +25,14 @@ import pyarrow.compute as pc
 
 from reports import claims, convergence, generalization
 from reports.cost import BenchmarkRun, read_benchmark_json
-from reports.gradient_flow import GRADIENT_FLOW, TABLE as FLOW_TABLE, figures as flow_figures
-from reports.load import BASELINE, Study, load_study, read_folder
+from reports.gradient_flow import figures as flow_figures
+from reports.load import BASELINE, StudyTables, load_study, read_folder
 from reports.merge import merge
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
 from suite.core.errors import ConfigError
+from suite.core.results import GRADIENT_FLOW, GRADIENT_FLOW_TABLE
 
 DASH = "—"
 
@@ -105,10 +106,10 @@ def _difference(fmt: Fmt, mine: list[float], base: list[float]) -> str:
     return f"{fmt.num(d.diff, signed=True)} [{fmt.num(d.low, signed=True)}, {fmt.num(d.high, signed=True)}]{mark}"
 
 
-class Report:
+class MarkdownReport:
     """Builds the markdown of one study, drawing figures into `folder` with names prefixed by `prefix`."""
 
-    def __init__(self, study: Study, folder: Path, prefix: str, bench: BenchmarkRun | None,
+    def __init__(self, study: StudyTables, folder: Path, prefix: str, bench: BenchmarkRun | None,
                  fraction: float, targets: Mapping[str, float]):
         self.study, self.folder, self.prefix = study, folder, prefix
         self.bench, self.fraction, self.targets = bench, fraction, dict(targets)
@@ -319,7 +320,7 @@ class Report:
         rows = claims.all_rows(s, self.points, self.fraction, self.targets,
                                lambda task: 1 if fmts[task].higher_is_better else -1)
         self.lines += ["## Claims: does the literature hold on this study?", "", claims.RULES, ""]
-        flow = claims.gradient_flow_evidence([t for t in (read_folder(p / FLOW_TABLE, GRADIENT_FLOW)
+        flow = claims.gradient_flow_evidence([t for t in (read_folder(p / GRADIENT_FLOW_TABLE, GRADIENT_FLOW)
                                                            for p in self.study_paths()) if t is not None])
         for claim in claims.CLAIMS:
             mine = rows[claim.number]
@@ -401,7 +402,8 @@ class Report:
 
     def gradient_flow_section(self) -> None:
         """Paper Figure 1 from the study's gradient_flow table (`suite diagnose gradient-flow --out STUDY`)."""
-        tables = [t for t in (read_folder(p / FLOW_TABLE, GRADIENT_FLOW) for p in self.study_paths()) if t is not None]
+        tables = [t for t in (read_folder(p / GRADIENT_FLOW_TABLE, GRADIENT_FLOW) for p in self.study_paths())
+                  if t is not None]
         if not tables:
             return
         table = tables[0]  # merged studies: the first study's diagnostic (it is deterministic)
@@ -462,7 +464,7 @@ class Report:
         self.lines.append("")
 
 
-def load(studies: str | Path | Sequence[str | Path]) -> Study:
+def load(studies: str | Path | Sequence[str | Path]) -> StudyTables:
     """One study directory, or several merged into one (reports.merge) so their seeds pool."""
     dirs = [studies] if isinstance(studies, str | Path) else list(studies)
     if len(dirs) == 1:
@@ -479,7 +481,7 @@ def render(study_dir: str | Path | Sequence[str | Path], out: str | Path, benchm
     bench = read_benchmark_json(benchmark_json) if benchmark_json else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # only once the study has loaded: bad input creates nothing
-    report = Report(study, out.parent, out.stem, bench, fraction, targets or {})
+    report = MarkdownReport(study, out.parent, out.stem, bench, fraction, targets or {})
     return report.build()
 
 
