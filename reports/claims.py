@@ -46,10 +46,12 @@ RULES = (
     f"a two-sided test at 5 % with {POWER:.0%} power would need at the observed spread, n = ⌈(z_0.975 + z_0.80)² · "
     "Σ w_i² s_i² / d²⌉ (z_0.975 = 1.960, z_0.80 = 0.842; d the observed contrast, s_i each arm's sample std, "
     "w_i = ±1 the contrast weights; for two arms Σ w_i² s_i² = s_A² + s_B²); **not tested**: an arm is "
-    "missing, an arm has fewer than 2 finished seeds (fewer than 2 that reached the target, for steps to target), "
+    "missing, an arm has fewer than 2 finished seeds (for steps to target, fewer than 2 to compare), "
     "or the study lacks the axis or table the claim needs (gamma, depth, lengths), and the row says what to add. "
-    "Steps to target use the convergence section's target and only the trials that reached it (`reached` counts "
-    "them). Context rows carry an estimate but no verdict. The gradient-flow line (paper Figure 1) is a single "
+    "Steps to target use the convergence section's target (`reached` counts the trials that got there); a trial "
+    "that never did counts at its last step in the arm the claim predicts to be slower (a lower bound: it can only "
+    "weaken the claim) and is left out of the arm predicted faster, where a supported verdict then becomes "
+    "inconclusive. Context rows carry an estimate but no verdict. The gradient-flow line (paper Figure 1) is a single "
     "deterministic run at initialization: evidence shown beside claim 1, not a verdict.")
 
 
@@ -154,8 +156,8 @@ CLAIMS = (
                       "final", -1),
            Comparison("γ=1.0 reaches the target in more steps than γ=0.1", Side("bn_lstm", 1.0),
                       Side("bn_lstm", PAPER_GAMMA), "steps", 1)),
-          "`bn_lstm` at gamma 0.1 and 1.0 (grid `model.gamma_init`) and `lstm`, >= 2 seeds each "
-          "(studies/gamma-sensitivity.toml)"),
+          "`bn_lstm` at gamma 0.1 and 1.0 (`[variant_grid.bn_lstm]` \"model.gamma_init\") and `lstm`, >= 2 seeds "
+          "each (studies/claims-quick.toml, studies/gamma-sensitivity.toml)"),
     Claim(2, "Vertical-only BN speeds up convergence but overfits: a larger train/validation gap than the LSTM.",
           "Laurent et al. 2016",
           (Comparison("reaches the target in fewer steps than `lstm`", BNV, LSTM, "steps", -1),
@@ -305,6 +307,37 @@ class Row:
     context: bool = False
 
 
+def steps_judgement(ev: Evidence, a: str, b: str, expect: int) -> tuple[str, Judgement]:
+    """Steps to target, a − b, with trials that never reached the target handled so as to never favour the claim.
+
+    In the arm the claim predicts to be slower, such a trial counts at its last step (a lower bound
+    of its steps, so it can only weaken the claim). In the arm predicted faster it is left out, which
+    could only favour the claim: a "supported" verdict then becomes inconclusive.
+    """
+    slower = b if expect < 0 else a
+    groups, counts, left_out = [], [], 0
+    for arm in (a, b):
+        trials = ev.study.trials_of(ev.task, arm, finished=True)
+        reached = [ev.steps.get(t.trial_id, math.nan) for t in trials]
+        hit = [v for v in reached if math.isfinite(v)]
+        missed = [t for t, v in zip(trials, reached) if not math.isfinite(v)]
+        counts.append(f"{len(hit)}/{len(trials)}")
+        if arm == slower:
+            hit += [float(t.row["steps"]) for t in missed if t.row["steps"] is not None]
+        else:
+            left_out = len(missed)
+        groups.append(hit)
+    j = judge(groups, [1.0, -1.0], expect)
+    if j.verdict == NOT_TESTED:
+        j = Judgement(NOT_TESTED, j.diff, j.low, j.high, None,
+                      "fewer than 2 finished seeds to compare (the faster-predicted arm counts only those that "
+                      "reached the target)")
+    elif j.verdict == SUPPORTED and left_out:
+        j = Judgement(INCONCLUSIVE, j.diff, j.low, j.high, None,
+                      f"{left_out} trial(s) of the arm predicted faster never reached the target (left out)")
+    return f"reached {counts[0]}, {counts[1]}", j
+
+
 def _depth(study: StudyTables, task: str, arm: str) -> float:
     return setting(study.trials_of(task, arm)[0], "num_layers") or 1.0
 
@@ -317,7 +350,8 @@ def _missing(study: StudyTables, task: str, sides: Sequence[Side]) -> str:
             return f"no `{side.variant}` arm; add it to `variants`"
     for side in sides:
         if side.gamma is not None and not any(_matches(study, task, a, side) for a in study.arms(task)):
-            return f"no `{side.variant}` arm at gamma {side.gamma:g}; add grid `model.gamma_init` = [0.1, 1.0]"
+            return (f"no `{side.variant}` arm at gamma {side.gamma:g}; add `[variant_grid.{side.variant}]` "
+                    f"\"model.gamma_init\" = [0.1, 1.0]")
     return "no arms that agree on their other settings"
 
 
@@ -362,18 +396,13 @@ def evaluate(study: StudyTables, task: str, claim: Claim, ev: Evidence, sign: in
         if c.at_depth == "deepest":
             found = [p for p in found if _depth(study, task, p[0]) == max(depths)]
         for a, b in found:
-            ga, gb = ev.values(a, c.quantity), ev.values(b, c.quantity)
-            if c.quantity == "steps":
-                na, nb = (len(ev.study.trials_of(task, x, finished=True)) for x in (a, b))
-                counts = f"reached {len(ga)}/{na}, {len(gb)}/{nb}"
-            else:
-                counts = f"n={len(ga)}/{len(gb)}"
             extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(_other_settings(study, task, a).items()))
             where = f"{label}" + (f" ({extra})" if extra else "")
-            j = judge([ga, gb], [1.0, -1.0], expect)
-            if c.quantity == "steps" and j.verdict == NOT_TESTED:
-                j = Judgement(NOT_TESTED, j.diff, j.low, j.high, None,
-                              "fewer than 2 finished seeds reached the target in an arm")
+            if c.quantity == "steps":
+                counts, j = steps_judgement(ev, a, b, expect)
+            else:
+                ga, gb = ev.values(a, c.quantity), ev.values(b, c.quantity)
+                counts, j = f"n={len(ga)}/{len(gb)}", judge([ga, gb], [1.0, -1.0], expect)
             text = f"{c.text} ({ev.long_length})" if c.quantity == "long" else c.text
             rows.append(Row(claim.number, task, text, where, c.quantity, counts, j, c.context))
     return rows

@@ -330,9 +330,11 @@ class MarkdownReport:
             self.lines += [f"### Claim {claim.number}: {claim.sentence}", "",
                            f"Source: {claim.source}. Rows: {tally}.", ""]
             if all(r.judgement.verdict == claims.NOT_TESTED for r in mine):
-                reasons = sorted({f'{r.task}: {r.judgement.reason}' for r in mine})
-                self.lines += [f"Not tested: {'; '.join(reasons) or 'no task'}. The study would need {claim.needs}.",
-                               ""]
+                tasks: dict[str, list[str]] = {}
+                for r in mine:
+                    tasks.setdefault(r.judgement.reason, []).append(r.task)
+                why = "; ".join(f"{reason} ({', '.join(sorted(set(t)))})" for reason, t in sorted(tasks.items()))
+                self.lines += [f"Not tested: the study would need {claim.needs}. Here: {why or 'no task'}.", ""]
             else:
                 self.lines += _table(["task", "comparison", "arms (estimate = first − second)", "seeds",
                                       "estimate [95 % CI]", "verdict", "why / seeds needed"],

@@ -86,7 +86,7 @@ def cells(section: str, claim: int, comparison_start: str, task: str = "pmnist")
 def test_every_verdict_occurs(section):
     verdicts = {c[5] for n in range(1, 6) for task in ("pmnist", "ptb_char") for c in cells(section, n, "", task)}
     assert {SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED} <= verdicts
-    assert "Not tested: pmnist: an arm has 1 seed; needs >= 2 per arm" in section  # ln_lstm has one seed
+    assert "an arm has 1 seed; needs >= 2 per arm (pmnist)" in section  # ln_lstm has one seed
 
 
 def test_claim_rows_by_hand(section):
@@ -150,3 +150,29 @@ def test_merge_refuses_incompatible_and_duplicate_studies(tmp_path, capsys):
     assert cli(["report", str(a), str(longer)]) == 2  # several studies need --out
     assert "--out" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_steps_never_reached_never_favour_the_claim(tmp_path):
+    """Unreached trials count at their last step in the arm predicted slower, and block 'supported' otherwise."""
+    from reports import convergence
+    from reports.claims import Evidence, steps_judgement
+    from reports.load import load_study
+
+    study = load_study(write_claims_study(tmp_path))
+    ev = Evidence.of(study, "pmnist", convergence.valid_points(study), 0.95, None)
+    arm = {(t.variant, dict(t.settings).get("model.gamma_init"), dict(t.settings)["model.num_layers"]): t.arm
+           for t in study.trials.values() if t.task == "pmnist"}
+    g1, g01, lstm = arm["bn_lstm", "1.0", "1"], arm["bn_lstm", "0.1", "1"], arm["lstm", None, "1"]
+    for t in study.trials_of("pmnist", g1):
+        ev.steps[t.trial_id] = math.nan  # gamma 1.0 never reaches the target in 400 steps
+    counts, j = steps_judgement(ev, g1, g01, 1)  # claimed: gamma 1.0 needs more steps
+    assert counts == "reached 0/3, 3/3" and j.verdict == SUPPORTED
+    assert j.diff == pytest.approx(400 - statistics.mean([100, 100, 200]))
+    assert steps_judgement(ev, g01, g1, -1)[1].verdict == SUPPORTED  # the same claim read the other way round
+    # The arm predicted faster loses its slowest seed: 'supported' would be flattered, so it is inconclusive.
+    slowest = study.trials_of("pmnist", g01)[2]
+    ev.steps[slowest.trial_id] = math.nan
+    counts, j = steps_judgement(ev, g01, lstm, -1)
+    assert counts == "reached 2/3, 3/3" and j.verdict == INCONCLUSIVE
+    assert "1 trial(s) of the arm predicted faster never reached the target" in j.reason
+    assert j.high < 0  # the interval alone would have excluded zero

@@ -44,6 +44,11 @@ def test_depth_studies(name, count, layers):
     assert {t.variant for t in trials} == {"lstm", "bn_vertical", "bn_lstm", "ln_lstm"}
 
 
+def test_cpu_claims_studies_have_distinct_tasks_so_they_merge():
+    tasks = [list(load_study(STUDIES / f"{n}.toml").tasks) for n in ("claims-quick", "depth", "claims-fashion")]
+    assert tasks == [["pmnist"], ["smnist"], ["sfmnist"]]
+
+
 def test_gamma_study_has_lstm_once_per_seed():
     trials = load_study(STUDIES / "gamma-sensitivity.toml").trials()
     arms = Counter((t.variant, t.config.model.options.get("gamma_init")) for t in trials)
