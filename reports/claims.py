@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reports import convergence
-from reports.load import StudyTables, TrialSummary, flatten
+from reports.load import StudyTables, TrialSummary
 from reports.stats import Difference, contrast_interval, summarize
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
@@ -189,13 +189,6 @@ CLAIMS = (
 # ---------------------------------------------------------------------------------------------
 # Reading arms and per-seed quantities from a study
 
-def _config(trial: TrialSummary) -> dict[str, str]:
-    try:
-        config = json.loads(trial.row.get("config_json") or "{}")
-    except json.JSONDecodeError:
-        config = {}
-    return flatten(config) if isinstance(config, dict) else {}
-
 
 def setting(trial: TrialSummary, key: str) -> float | None:
     """A numeric model setting (`gamma_init`, `num_layers`): the arm's grid value, else its recorded config."""
@@ -205,7 +198,7 @@ def setting(trial: TrialSummary, key: str) -> float | None:
                 return float(json.loads(value))
             except (ValueError, TypeError):
                 return None
-    config = _config(trial)
+    config = trial.config()
     for name in (f"model.{key}", f"model.options.{key}"):
         if isinstance(config.get(name), int | float) and not isinstance(config.get(name), bool):
             return float(config[name])

@@ -98,6 +98,14 @@ class TrialSummary:
     row: dict[str, Any]
     source: str = ""  # the study it came from, when studies were merged (reports.merge)
 
+    def config(self) -> dict[str, Any]:
+        """The run config recorded in the summary row, flattened to {"section.key": value} ({} if unreadable)."""
+        try:
+            config = json.loads(self.row.get("config_json") or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return flatten(config) if isinstance(config, dict) else {}
+
 
 @dataclass
 class StudyTables:

@@ -21,16 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.load import _IGNORED_KEYS, StudyTables, TrialSummary, flatten
+from reports.load import _IGNORED_KEYS, StudyTables, TrialSummary
 from suite.core.errors import ConfigError
 
-
-def _config(trial: TrialSummary) -> dict[str, Any]:
-    try:
-        config = json.loads(trial.row.get("config_json") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return flatten(config) if isinstance(config, dict) else {}
 
 
 def _lookup(flat: dict[str, Any], key: str) -> Any:
@@ -44,7 +37,7 @@ def _lookup(flat: dict[str, Any], key: str) -> Any:
 def _protocol(trial: TrialSummary, grid_keys: set[str]) -> dict[str, str]:
     """The settings two studies must share for this trial's task: everything but per-arm and per-trial keys."""
     skip = set(grid_keys) | {f"{k.partition('.')[0]}.options.{k.partition('.')[2]}" for k in grid_keys}
-    return {k: json.dumps(v, sort_keys=True) for k, v in _config(trial).items()
+    return {k: json.dumps(v, sort_keys=True) for k, v in trial.config().items()
             if k not in skip and not k.startswith(_IGNORED_KEYS + ("model.options.", "grid."))
             and "seed" not in k.rsplit(".", 1)[-1]}
 
@@ -91,7 +84,7 @@ def merge(studies: Sequence[StudyTables]) -> StudyTables:
     for s in studies:
         for t in sorted(s.trials.values(), key=lambda t: t.trial_id):
             own = dict(t.settings)
-            flat = _config(t)
+            flat = t.config()
             settings = []
             for key in sorted(keys[t.task]):
                 if key in own:
