@@ -7,8 +7,9 @@ parameters, buffers and state_dict are exactly the reference's; only `forward` d
   for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
   hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
   oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
-* `LoopRecurrent` (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`): on CPU, each layer runs on the
-  native step kernels (`suite.core.backends.native`) where they build. Otherwise (GPU, no compiler) the
+* `LoopRecurrent` (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`): on CUDA with triton, each layer
+  runs on the Triton step kernels (`suite.core.backends.triton`); on CPU, on the native step
+  kernels (`suite.core.backends.native`) where they build. Otherwise (e.g. CPU without a compiler) the
   input term norm_x(W_x x) + b is computed for all steps by the reference's own norm (so
   every statistics mode behaves identically), then the recurrence runs in an autograd
   Function with a hand-derived backward (Cooijmans et al. 2016, Eq. 6-8), `NormLoop`, with
@@ -31,10 +32,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from suite.core.cells.norms import ACCUMULATE, BATCH, POPULATION, TRAIN, Identity, LayerNorm, StepBatchNorm
-from suite.core.errors import ConfigError
+from suite.core.backends.inputs import input_term, norm_supported
 from suite.core.backends.native import build as native_build
 from suite.core.backends.native import loop as native_loop
+from suite.core.backends.triton import loop as triton_loop
+from suite.core.cells.norms import BATCH, TRAIN, Identity, LayerNorm, StepBatchNorm
+from suite.core.errors import ConfigError
 from suite.core.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs, reversal_index, reverse_time
 
 IMPLS = ("reference", "fast")
@@ -114,7 +117,7 @@ class LoopRecurrent(Recurrent):
         """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
         x = input.transpose(0, 1) if self.batch_first else input
         runners = [layer_runner(layer, x) for layer in self.layers]
-        masked_ok = all(run is native_loop.run_layer for run in runners)  # only the kernels take lengths
+        masked_ok = all(run in (native_loop.run_layer, triton_loop.run_layer) for run in runners)  # kernels only
         if None in runners or (lengths is not None and not masked_ok):
             return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
         directions = self.num_directions
@@ -146,8 +149,11 @@ def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
-    """How a layer runs on input x: the native kernels (CPU, where they build), else `NormLoop`;
-    None where neither computes it exactly (the reference loop then does)."""
+    """How a layer runs on input x: the Triton kernels (CUDA, with triton), the native kernels
+    (CPU, where they build), else `NormLoop`; None where none computes it exactly (the
+    reference loop then does)."""
+    if triton_loop.supports(layer, x):
+        return triton_loop.run_layer
     if native_loop.supports(layer, x):
         if native_build.load() is not None:
             return native_loop.run_layer
@@ -160,36 +166,7 @@ def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
 
 def supports_norm_loop(layer: nn.Module, batch: int) -> bool:
     """True when `NormLoop` computes this layer exactly in its current statistics mode."""
-    return isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch) and _norm_supported(layer.norm_c, batch)
-
-
-def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Tensor:
-    """norm_x(W_x x) + b for all steps at once.
-
-    Per-step batch norm of a (T, B, C) tensor is batch norm of its (B, T*C) view, one channel
-    per (step, unit): one native kernel each way instead of a dozen passes over (T, B, C).
-    Used in train, batch and population modes when steps t0..t0+T-1 all have their own
-    statistics row; otherwise (accumulate mode, shared statistics, steps beyond T_max) the
-    reference norm computes it.
-    """
-    z = nn.functional.linear(x, layer.weight_ih)
-    norm = layer.norm_x
-    steps, batch, size = z.shape
-    if isinstance(norm, StepBatchNorm) and _norm_supported(norm, batch) and time_offset + steps <= norm.t_max:
-        mode = norm.mode()
-        rows = slice(time_offset, time_offset + steps)
-        keep = mode != BATCH
-        running_mean = norm.running_mean[rows].view(-1) if keep else None
-        running_var = norm.running_var[rows].view(-1) if keep else None
-        flat = z.transpose(0, 1).reshape(batch, steps * size)
-        weight = norm.weight.repeat(steps)
-        bias = norm.bias.repeat(steps) if norm.bias is not None else None
-        out = nn.functional.batch_norm(flat, running_mean, running_var, weight, bias, mode != POPULATION,
-                                       norm.momentum, norm.eps)
-        xg = out.view(batch, steps, size).transpose(0, 1)
-    else:
-        xg = norm.sequence(z, None, time_offset)
-    return xg + layer.bias
+    return isinstance(layer, LSTMLayer) and norm_supported(layer.norm_h, batch) and norm_supported(layer.norm_c, batch)
 
 
 class _StepNorm:
@@ -241,13 +218,6 @@ class _StepNorm:
         mean, invstd, rm, rv = saved
         return torch.ops.aten.native_batch_norm_backward(d_out, z, weight, rm, rv, mean, invstd, self.train,
                                                          self.eps, mask)
-
-
-def _norm_supported(norm: nn.Module, batch: int) -> bool:
-    if isinstance(norm, Identity | LayerNorm):
-        return True
-    return (isinstance(norm, StepBatchNorm) and norm.per_step and norm.mode() != ACCUMULATE
-            and (batch > 1 or norm.mode() == POPULATION))
 
 
 def _param(norm: nn.Module, name: str) -> torch.Tensor | None:
