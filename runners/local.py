@@ -3,8 +3,8 @@
 The study's tables live in `<results>/<study>/` (curve/, summary/; see suite.core.results) and
 Tune's experiment state in `<results>/<study>/tune/`, so `--resume` finds both. Trials
 write their own tables; the driver writes summary rows only for trials that could not
-(failed for good, or interrupted), then prints a summary and, when the study names a
-report and a `report` command exists, writes the report.
+(failed for good, or interrupted), then prints a summary and says where the study's report
+should go (runners never render reports: the `suite run` command calls `reports` with it).
 """
 
 from __future__ import annotations
@@ -18,15 +18,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runners.study import Study, Trial, load_study
+from pyarrow import fs as pafs
+
+from runners.cluster import check_resources, connect
+from runners.study import Study, Trial, load_study, make_trial_id
 from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
 from suite.core.errors import SuiteError
+from suite.core.provenance import environment
+from suite.core.results import SUMMARY, check_writable, filesystem, to_table, write_table
+from tasks.base import create, get_task_class
 
 TUNE_DIR = "tune"
 # Tune's own console output is replaced by runners.progress; its snapshot warnings are noise
 # here because every evaluation checkpoints (num_to_keep=1 forces a state snapshot each time).
 QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """How a study run ended: the exit code, its results directory, and where its report goes (if it should)."""
+
+    code: int  # 0: every trial finished or diverged; 1: some failed; 130: interrupted
+    root: str | None = None  # None for a dry run
+    report: str | None = None  # set only when the run ended and a report was asked for
 
 
 @dataclass
@@ -56,17 +71,11 @@ def plan(study: Study, trials: Sequence[Trial]) -> str:
 
 
 def _exists(location: str) -> bool:
-    from pyarrow import fs as pafs
-
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _read_text(location: str) -> str | None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as fh:
@@ -76,8 +85,6 @@ def _read_text(location: str) -> str | None:
 
 
 def _write_text(location: str, text: str) -> None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as fh:
         fh.write(text.encode())
@@ -85,9 +92,7 @@ def _write_text(location: str, text: str) -> None:
 
 def prepare_root(root: str, study: Study, resume: bool) -> None:
     """Refuse to mix two runs of a study in one place; record the study being run."""
-    from ray import tune
-
-    from suite.core.results import filesystem
+    from ray import tune  # Ray loads only when a study runs (--dry-run never needs it)
 
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
@@ -125,17 +130,15 @@ def _error_line(error: BaseException | None) -> str | None:
 
 
 def run_study(path: str, results: str, address: str | None = None, resume: bool = False, dry_run: bool = False,
-              report: str | None = None, num_cpus: int | None = None) -> int:
-    """Run (or resume) a study; returns 0 when every trial finished or diverged, 1 when some failed,
-    130 when interrupted."""
+              report: str | None = None, num_cpus: int | None = None) -> StudyRun:
+    """Run (or resume) a study. Its code is 0 when every trial finished or diverged, 1 when some failed,
+    130 when interrupted; its `report` is where the report should be written (`report`, else the study's
+    own), absolute or under the study's results directory."""
     study = load_study(path)
     trials = study.trials()
     if dry_run:
         print(plan(study, trials))
-        return 0
-    from suite.cli.commands.train import check_writable
-    from tasks.base import create
-
+        return StudyRun(0)
     results = _absolute(results)
     root = study_root(results, study.name)
     check_writable(results)
@@ -144,8 +147,6 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
             config = next(t.config for t in trials if t.task == name)
             create(config.task.name, config.task.options, config.data.dir, config.data.path).prepare()
     prepare_root(root, study, resume)
-    from runners.cluster import check_resources, connect
-
     for key, value in QUIET_TUNE.items():
         os.environ.setdefault(key, value)
     started = time.monotonic()
@@ -161,18 +162,17 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     if interrupted:
         print(f"interrupted: {len(interrupted)} trial(s) unfinished; continue with "
               f"`suite run {path} --results {results} --resume`", file=sys.stderr)
-        return 130
+        return StudyRun(130, root)
     report = report if report is not None else study.report
-    if report:
-        _write_report(root, report)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    target = (report if os.path.isabs(report) or "://" in report else f"{root}/{report}") if report else None
+    return StudyRun(1 if any(o.status == "failed" for o in outcomes) else 0, root, target)
 
 
 def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume: bool) -> list[Outcome]:
     """Build (or restore) the Tuner, run it, and tell how each trial ended."""
     from ray import tune
 
-    from runners.progress import Progress, trial_name
+    from runners.progress import Progress, trial_name  # a Tune callback: imports Ray
 
     trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     tune_dir = f"{root}/{TUNE_DIR}"
@@ -221,21 +221,15 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
 
 
 def _task_metric(name: str) -> str:
-    from tasks.base import get_task_class
-
     return get_task_class(name).metric
 
 
 def _config_name(config: dict[str, Any]) -> str:
-    from runners.study import make_trial_id
-
     return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
 
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
-    from suite.core.results import SUMMARY, environment, to_table, write_table
-
     for o in outcomes:
         if o.status in DONE:
             continue
@@ -277,16 +271,3 @@ def summary_text(study: Study, outcomes: Sequence[Outcome], wall: float) -> str:
         lines.append(f"  Tune overhead per trial (trial wall time outside fit): mean {sum(overheads) / len(overheads):.1f}s, "
                      f"max {max(overheads):.1f}s over {len(overheads)} trials")
     return "\n".join(lines)
-
-
-def _write_report(root: str, out: str) -> None:
-    """Write the study's report with `suite report` when that command exists."""
-    from suite import cli
-
-    if "report" not in cli.COMMANDS:
-        print(f"(no report: the `report` command is not installed; {root} holds the tables)")
-        return
-    target = out if os.path.isabs(out) or "://" in out else f"{root}/{out}"
-    code = cli.main(["report", root, "--out", target])
-    if code != 0:
-        raise SuiteError(f"the study finished but writing its report {target} failed (exit {code})")

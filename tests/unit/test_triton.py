@@ -27,7 +27,7 @@ if not isinstance(kernels.step_forward, InterpretedFunction):
                        "triton is imported (tests/conftest.py does so without CUDA)")
 
 from suite.core import variants  # noqa: E402
-from suite.core.backends import pytorch  # noqa: E402
+from suite.core.backends import choose  # noqa: E402
 from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot  # noqa: E402
 from suite.core.backends.triton import loop  # noqa: E402
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode  # noqa: E402
@@ -87,7 +87,7 @@ def data(dtype=torch.float64, steps: int = T):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_the_fast_stack_runs_on_the_triton_kernels(name):
     _, fast = pair(name)
-    assert pytorch.layer_runner(fast.layers[0], data()) is loop.run_layer
+    assert choose(fast.layers[0], data()) is loop.run_layer
 
 
 @pytest.mark.parametrize("name", VARIANTS)

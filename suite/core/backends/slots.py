@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from suite.core.cells.norms import POPULATION, Identity, LayerNorm, StepBatchNorm
+from suite.core.cells.norms import IDENTITY, LAYER as LAYER_NORM, POPULATION, STEP_BATCH
 
 # Slot kinds: no norm, batch norm with this batch's statistics (train, batch and accumulate
 # modes), batch norm with stored population statistics, layer norm.
@@ -43,11 +43,12 @@ class Slot:
 
 def slot_kind(norm: nn.Module) -> int | None:
     """The kernels' kind for a norm in its current statistics mode; None where they have none."""
-    if isinstance(norm, Identity):
+    kind = norm.kind()
+    if kind == IDENTITY:
         return NONE
-    if isinstance(norm, LayerNorm):
+    if kind == LAYER_NORM:
         return LAYER
-    if isinstance(norm, StepBatchNorm) and norm.per_step:
+    if kind == STEP_BATCH:
         return BN_POPULATION if norm.mode() == POPULATION else BN_BATCH
     return None
 

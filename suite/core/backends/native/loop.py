@@ -13,16 +13,18 @@ follow the reference's rules exactly.
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from suite.core.backends.native import build
 from suite.core.backends.native.build import load
 from suite.core.backends.slots import (  # noqa: F401 (BN_BATCH: tests name the kinds through this module)
     BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind)
+from suite.core.cell import LSTMLayer
 from suite.core.cells.norms import Identity
-from suite.core.recurrent import LSTMLayer
 
 # Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
 # a (T, B, 4H) array of input terms written, read and differentiated through memory.
@@ -61,8 +63,23 @@ def _norm_struct(slot: Slot) -> _NormStruct:
                        _ptr(slot.grads.get("beta")))
 
 
+TAKES_MASK = True  # run_layer takes a (T, B) padding mask
+
+
 def supports(layer: nn.Module, x: torch.Tensor) -> bool:
-    """True when `run_layer` computes this layer on input x (norm_x may also be one the kernel lacks)."""
+    """True when `run_layer` computes this layer on input x and the kernels are built (else a warning
+    says why not when they should have been)."""
+    if not computes(layer, x):
+        return False
+    if load() is not None:
+        return True
+    if build.enabled():
+        warnings.warn(f"impl='fast' runs the slower PyTorch loop: {build.reason()}", stacklevel=3)
+    return False
+
+
+def computes(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when the kernels compute this layer on input x (norm_x may also be one the kernel lacks)."""
     if not isinstance(layer, LSTMLayer) or x.is_cuda or torch.is_autocast_enabled("cpu"):
         return False
     # The kernels read float32 or float64 through raw pointers: input and every parameter alike.

@@ -4,8 +4,8 @@
 (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8) over x (T, B, F).
 
 * Before the loop: the input term norm_x(W_x x) + b for all steps
-  (`suite.core.backends.pytorch.input_term`, so every statistics mode of norm_x, and masked
-  statistics, are the reference's own; autograd differentiates it).
+  (`suite.core.backends.pytorch.input_term`: torch's batch norm, or the reference's own norm
+  for masked statistics and the accumulate mode; autograd differentiates it).
 * Per step forward: h_{t-1} W_h^T (cuBLAS) and ONE Triton launch doing norm_h, the gates, c_t,
   norm_c and h_t, saving the batch or layer statistics.
 * Per step backward, in reverse: dh_t = d out_t + dz_{t+1} W_h (cuBLAS) and ONE Triton launch
@@ -32,9 +32,11 @@ from functools import cache
 import torch
 from torch import nn
 
+from suite.core.backends.pytorch import input_term
 from suite.core.backends.slots import BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind
-from suite.core.recurrent import LSTMLayer
+from suite.core.cell import LSTMLayer
 
+TAKES_MASK = True  # run_layer takes a (T, B) padding mask
 # Device types the backend runs on. Tests add "cpu" while running the kernels under Triton's
 # interpreter; nothing else should.
 DEVICES = ("cuda",)
@@ -117,8 +119,6 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     With a (T, B) `mask`, padded steps hold the state, output zeros and stay out of every
     statistic, as in `LSTMLayer.forward`.
     """
-    from suite.core.backends.pytorch import input_term  # the one input-term implementation
-
     steps, batch, _ = x.shape
     xg = input_term(layer, x, time_offset, mask).contiguous()
     real = None if mask is None else mask.to(x.dtype).contiguous()
