@@ -88,10 +88,10 @@ def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
 def train_trial(params: dict[str, Any]) -> None:
     """Tune function trainable: resolve the trial's config, fit with checkpoints, write its tables."""
     import ray
-    import torch
     from ray import tune
 
-    from runners.study import from_dict
+    from runners.study import from_dict  # imports suite first: its OpenMP settings precede torch's import
+    import torch
     from suite.core.results import CURVE, to_table, write_run, write_table
     from suite.core.train import Report, fit
     from tasks.base import create

@@ -104,6 +104,7 @@ def environment() -> dict[str, Any]:
     """Library versions and the machine, recorded with every result."""
     import torch
 
+    from suite.core import perf
     from suite.core.backends.native import build as native_build
 
     def version(name: str) -> str | None:
@@ -116,7 +117,7 @@ def environment() -> dict[str, Any]:
            "torch": torch.__version__, "pyarrow": pa.__version__, "ray": version("ray"),
            "recnorm_suite": version("recnorm-suite"), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "native_kernels": native_build.status()}
+           "native_kernels": native_build.status()} | perf.thread_state()
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

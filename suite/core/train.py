@@ -162,7 +162,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
     with its summary and test metrics.
     """
     train = config.train
-    perf.apply_malloc_tuning()  # every training process, Ray workers included (README, Speed)
+    perf.tune_process()  # threads and malloc of every training process, Ray workers included (README, Speed)
     device = pick_device(train.device)
     seed_everything(train.seed)
     task.prepare()
