@@ -20,6 +20,7 @@ from typing import Any
 
 from runners.study import Study, Trial, load_study
 from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
+from suite.core import device
 from suite.core.errors import SuiteError
 
 TUNE_DIR = "tune"
@@ -130,6 +131,9 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     130 when interrupted."""
     study = load_study(path)
     trials = study.trials()
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # trials run on this machine: check its torch
+        for name in sorted({t.config.train.device for t in trials}):
+            device.check_available(name, f"{study.source}: train.device")
     if dry_run:
         print(plan(study, trials))
         return 0

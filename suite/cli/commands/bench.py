@@ -39,13 +39,12 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from suite.core import perf
+    from suite.core.device import pick_device
     from runners import throughput as tp
     from suite.cli.commands.train import check_writable
     from suite.core.results import THROUGHPUT, environment, to_table, write_table
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: this machine has no CUDA device")
+    device = pick_device(args.device, "--device")
     if args.rounds is not None and args.rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     if args.threads is not None:

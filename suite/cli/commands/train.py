@@ -24,6 +24,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     """Resolve the config, train, write curve and summary tables."""
     from suite.core.config import load_run_config
+    from suite.core.device import check_available
     from suite.core.results import write_run
     from suite.core.train import fit
     from tasks.base import create
@@ -38,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data.dir={args.data_dir!r}".replace("'", '"'))
     config = load_run_config(args.config, overrides)
+    check_available(config.train.device)  # before data and training: one line naming the fix
     task = create(config.task.name, config.task.options, config.data.dir, config.data.path)
     check_writable(args.results)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
