@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from suite.core import device
-from suite.core.config import RunConfig, build_dataclass, load_toml, merge, resolve
+from suite.core.config import RunConfig, build_dataclass, load_toml, merge
 from suite.core.errors import ConfigError
+from tasks.resolve import resolve
 
 KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "resources",
         "early_stopping", "failure")

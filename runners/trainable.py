@@ -92,7 +92,8 @@ def train_trial(params: dict[str, Any]) -> None:
 
     from runners.study import from_dict  # imports suite first: its OpenMP settings precede torch's import
     import torch
-    from suite.core.results import CURVE, to_table, write_run, write_table
+    from suite.core.provenance import write_run
+    from suite.core.results import CURVE, to_table, write_table
     from suite.core.train import Report, fit
     from tasks.base import create
 

@@ -38,11 +38,11 @@ def main(args: argparse.Namespace) -> int:
     """Time the grid, print a table, write one Parquet file for the whole run."""
     import torch
 
+    from runners import throughput as tp
     from suite.core import perf
     from suite.core.device import pick_device
-    from runners import throughput as tp
-    from suite.cli.commands.train import check_writable
-    from suite.core.results import THROUGHPUT, environment, to_table, write_table
+    from suite.core.provenance import environment
+    from suite.core.results import THROUGHPUT, check_writable, to_table, write_table
 
     device = pick_device(args.device, "--device")
     if args.rounds is not None and args.rounds < 1:
