@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.core import device
+from suite.core import device as devices
 from suite.core.errors import ConfigError
 
 
@@ -272,7 +272,7 @@ def check_ranges(config: RunConfig, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
-    device.check_name(config.train.device, f"{source}: train.device")
+    devices.check_name(config.train.device, f"{source}: train.device")
 
 
 def read_raw(path: str | Path | None = None, overrides: list[str] | None = None,

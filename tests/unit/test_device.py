@@ -11,7 +11,7 @@ import torch
 
 from suite import cli
 from suite.core import device
-from suite.core.config import load_run_config
+from tasks.resolve import load_run_config
 from suite.core.errors import ConfigError
 from tests.conftest import ROOT
 
