@@ -147,12 +147,21 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     if dry_run:
         print(plan(study, trials))
         return StudyRun(0)
+    from runners.lock import study_lock
     from suite.core.results import check_writable
-    from tasks.base import create
 
     results = _absolute(results)
     root = study_root(results, study.name)
     check_writable(results)
+    with study_lock(root, study.name):  # one driver per study; released however this process ends
+        return _run(study, trials, path, results, root, address, resume, report, num_cpus)
+
+
+def _run(study: Study, trials: Sequence[Trial], path: str, results: str, root: str, address: str | None,
+         resume: bool, report: str | None, num_cpus: int | None) -> StudyRun:
+    """The study's run once its driver holds the lock: data, Ray, the Tuner, the summary."""
+    from tasks.base import create
+
     if address is None:  # on a cluster the data may live on the workers only
         for name in study.tasks:
             config = next(t.config for t in trials if t.task == name)

@@ -207,3 +207,34 @@ def test_sigkill_driver_then_resume(tmp_path, ray_tmp):
     assert curve_steps(root, slow) == list(range(100, 1501, 100))
     curve = read_table(str(root), "curve").to_pandas()
     assert not curve.duplicated(["trial_id", "step", "split"]).any()
+
+
+def test_second_driver_is_refused_and_a_killed_driver_leaves_no_lock(tmp_path, ray_tmp):
+    """Issue 14: a second `suite run` (--resume or fresh) on a running study is refused in one line;
+    after kill -9 of the first driver, --resume is accepted and finishes the study."""
+    path = tmp_path / "locked.toml"
+    path.write_text(study_text("locked", steps=1500, eval_every=100))
+    results = tmp_path / "res"
+    root = results / "locked"
+    trial = "adding-lstm-s0"
+    proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
+    wait_for(lambda: len(curve_steps(root, trial)) >= 1, proc)
+    for extra in (["--resume"], []):
+        code, out = finish(start(["run", str(path), "--results", str(results), *extra], ray_tmp), timeout=120)
+        lines = out.strip().splitlines()
+        assert code == 2 and len(lines) == 1, out
+        assert lines[0].startswith("error: study locked in ") and f"another driver (pid {proc.pid} on " in lines[0]
+    assert proc.poll() is None, "the first driver must be unaffected"
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.communicate()
+    stop_processes(children)
+    stop_ray_in(ray_tmp)
+    code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
+                             TUNE_GLOBAL_CHECKPOINT_S="1"))
+    assert code == 0, out
+    assert statuses(root) == {trial: "finished"}
+    assert curve_steps(root, trial) == list(range(100, 1501, 100))
+
