@@ -84,7 +84,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrialSummary:
     """One trial's summary row, reduced to what the report needs; `arm` is its variant plus grid settings."""
 
     trial_id: str
@@ -99,7 +99,7 @@ class Trial:
 
 
 @dataclass
-class Study:
+class StudyTables:
     """The tables of one study and its trials grouped into (task, arm)."""
 
     name: str
@@ -108,7 +108,7 @@ class Study:
     curve: pa.Table | None
     lengths: pa.Table | None
     throughput: pa.Table | None
-    trials: dict[str, Trial] = field(default_factory=dict)
+    trials: dict[str, TrialSummary] = field(default_factory=dict)
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""
@@ -128,7 +128,7 @@ class Study:
         rank = {v: i for i, v in enumerate(ordered((t.variant for t in trials), VARIANT_ORDER))}
         return [a for _, _, a in sorted({(rank[t.variant], t.settings, t.arm) for t in trials})]
 
-    def trials_of(self, task: str, arm: str, finished: bool = False) -> list[Trial]:
+    def trials_of(self, task: str, arm: str, finished: bool = False) -> list[TrialSummary]:
         """Trials of one arm sorted by seed then id; only finished ones when asked."""
         out = [t for t in self.trials.values() if t.task == task and t.arm == arm
                and (not finished or t.status == "finished")]
@@ -185,7 +185,7 @@ def _arms(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], 
     return out
 
 
-def load_study(study_dir: str | Path) -> Study:
+def load_study(study_dir: str | Path) -> StudyTables:
     """Read and check every table of a study directory; SuiteError when it holds no results."""
     text = str(study_dir)
     if text.startswith("file://"):
@@ -203,11 +203,11 @@ def load_study(study_dir: str | Path) -> Study:
     recorded = sorted({n for t in (tables["summary"], tables["curve"]) if t is not None
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
-    study = Study(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"])
+    study = StudyTables(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"])
     if study.summary is not None:
         rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):
-            study.trials[row["trial_id"]] = Trial(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
+            study.trials[row["trial_id"]] = TrialSummary(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
                                                   arm, settings, row["status"] or "unknown", row["error"] or "", row)
     return study
 

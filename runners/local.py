@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runners.study import Study, Trial, load_study
+from pyarrow import fs as pafs
+
+from runners.cluster import check_resources, connect
+from runners.lock import study_lock
+from runners.study import Study, Trial, load_study, make_trial_id
 from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
 from suite.core import device
 from suite.core.errors import SuiteError
+from suite.core.provenance import environment
+from suite.core.results import SUMMARY, check_writable, filesystem, to_table, write_table
+from tasks.base import create, get_task_class
 
 TUNE_DIR = "tune"
 # Tune's own console output is replaced by runners.progress; its snapshot warnings are noise
@@ -67,17 +74,11 @@ def plan(study: Study, trials: Sequence[Trial]) -> str:
 
 
 def _exists(location: str) -> bool:
-    from pyarrow import fs as pafs
-
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _read_text(location: str) -> str | None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as fh:
@@ -87,8 +88,6 @@ def _read_text(location: str) -> str | None:
 
 
 def _write_text(location: str, text: str) -> None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as fh:
         fh.write(text.encode())
@@ -96,9 +95,7 @@ def _write_text(location: str, text: str) -> None:
 
 def prepare_root(root: str, study: Study, resume: bool) -> None:
     """Refuse to mix two runs of a study in one place; record the study being run."""
-    from ray import tune
-
-    from suite.core.results import filesystem
+    from ray import tune  # Ray loads only when a study runs (--dry-run never needs it)
 
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
@@ -148,9 +145,6 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     if dry_run:
         print(plan(study, trials))
         return StudyRun(0)
-    from runners.lock import study_lock
-    from suite.core.results import check_writable
-
     results = _absolute(results)
     root = study_root(results, study.name)
     check_writable(results)
@@ -168,8 +162,6 @@ def _run(study: Study, trials: Sequence[Trial], path: str, results: str, root: s
             config = next(t.config for t in trials if t.task == name)
             create(config.task.name, config.task.options, config.data.dir, config.data.path).prepare()
     prepare_root(root, study, resume)
-    from runners.cluster import check_resources, connect
-
     for key, value in QUIET_TUNE.items():
         os.environ.setdefault(key, value)
     started = time.monotonic()
@@ -195,7 +187,7 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     """Build (or restore) the Tuner, run it, and tell how each trial ended."""
     from ray import tune
 
-    from runners.progress import Progress, trial_name
+    from runners.progress import Progress, trial_name  # a Tune callback: imports Ray
 
     trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     tune_dir = f"{root}/{TUNE_DIR}"
@@ -275,10 +267,6 @@ def reopen_failed(tune_dir: str) -> list[str]:
     errored in Tune's saved experiment state, so that `--resume` resumes them from their last checkpoint
     as it does trials whose worker crashed. Tune counts a trial that returned as terminated for good.
     Returns the trial ids reopened."""
-    from pyarrow import fs as pafs
-
-    from suite.core.results import filesystem
-
     fs, path = filesystem(tune_dir)
     states = [info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
               if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")]
@@ -302,22 +290,15 @@ def reopen_failed(tune_dir: str) -> list[str]:
 
 
 def _task_metric(name: str) -> str:
-    from tasks.base import get_task_class
-
     return get_task_class(name).metric
 
 
 def _config_name(config: dict[str, Any]) -> str:
-    from runners.study import make_trial_id
-
     return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
 
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
-    from suite.core.provenance import environment
-    from suite.core.results import SUMMARY, to_table, write_table
-
     for o in outcomes:
         if o.status in DONE:
             continue
