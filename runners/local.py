@@ -24,7 +24,7 @@ from pyarrow import fs as pafs
 from runners.cluster import check_resources, connect
 from runners.lock import study_lock
 from runners.study import Study, Trial, load_study, make_trial_id
-from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
+from runners.trainable import DONE, POINT, RESULTS, STUDY, point, point_of, study_root, train_trial, written_end
 from suite.core import device
 from suite.core.errors import SuiteError
 from suite.core.provenance import environment
@@ -198,9 +198,8 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
         metric = {name: _task_metric(name) for name in study.tasks}
         param_space = {
             STUDY: study.to_dict(), RESULTS: results,
-            # Grid axes, never sampled: every variant sees every seed (and every grid point).
-            TASK: tune.grid_search(list(study.tasks)), VARIANT: tune.grid_search(list(study.variants)),
-            SEED: tune.grid_search(list(study.seeds)), GRID: tune.grid_search(study.grid_points()),
+            # Grid axes, never sampled: every variant sees every seed (and every point of its grid).
+            POINT: tune.grid_search([point(t.task, t.variant, t.seed, t.grid) for t in study.trials()]),
         }
         tuner = tune.Tuner(
             trainable, param_space=param_space,
@@ -224,7 +223,7 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     for result in grid:
         config = result.config or {}
         # An errored trial's result can come back without its config; its directory is named by trial id.
-        name = _config_name(config) if TASK in config else (result.path or "").rstrip("/").rsplit("/", 1)[-1]
+        name = _config_name(config) if POINT in config else (result.path or "").rstrip("/").rsplit("/", 1)[-1]
         if name not in by_id:
             continue  # unidentifiable: recorded as interrupted below, and resumable
         metrics = dict(result.metrics or {})
@@ -294,7 +293,7 @@ def _task_metric(name: str) -> str:
 
 
 def _config_name(config: dict[str, Any]) -> str:
-    return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
+    return make_trial_id(*point_of(config))
 
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:

@@ -31,10 +31,24 @@ from suite.core.results import CURVE, read_trial_row, to_table, write_table
 from suite.core.train import Evaluation, fit
 from tasks.base import create
 
-# Keys of the dict Tune passes to a trial (`param_space` in runners.local).
-STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
+# Keys of the dict Tune passes to a trial (`param_space` in runners.local): the study, the results
+# location and the trial's point, itself a dict of task, variant, seed and grid values. One axis of
+# points (not task x variant x seed x grid) because a variant may have its own grid ([variant_grid]).
+STUDY, RESULTS, POINT = "study", "results", "point"
+TASK, VARIANT, SEED, GRID = "task", "variant", "seed", "grid"
 STATE_FILE = "state.pt"
 DONE = ("finished", "diverged")  # trial statuses that end a trial for good: --resume skips them
+
+
+def point(task: str, variant: str, seed: int, grid: Mapping[str, Any]) -> dict[str, Any]:
+    """The grid point of one trial as Tune carries it."""
+    return {TASK: task, VARIANT: variant, SEED: seed, GRID: dict(grid)}
+
+
+def point_of(config: Mapping[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
+    """(task, variant, seed, grid) of the trial whose Tune config is `config`."""
+    p = config[POINT]
+    return p[TASK], p[VARIANT], p[SEED], dict(p[GRID])
 
 
 def study_root(results: str, study: str) -> str:
@@ -99,7 +113,7 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     study = from_dict(params[STUDY])
-    trial = study.resolve_trial(params[TASK], params[VARIANT], params[SEED], params[GRID])
+    trial = study.resolve_trial(*point_of(params))
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
