@@ -41,12 +41,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.core import device
 from suite.core.config import RunConfig, build_dataclass, load_toml, merge
 from suite.core.errors import ConfigError
 from tasks.resolve import resolve
@@ -152,7 +154,24 @@ class Study:
                 raise ConfigError(f"{self.source}: two trials share the id {trial.trial_id!r}; "
                                   f"make the seeds or grid values distinct")
             seen[trial.trial_id] = trial
+            self._check_gpu(trial)
         return trials
+
+    def _check_gpu(self, trial: Trial) -> None:
+        """A CUDA device needs GPUs in [resources]: Ray shows a trial only the GPUs it was given,
+        numbered from 0 (whatever the node has), and none at all with gpu = 0."""
+        name = trial.config.train.device
+        if not name.startswith("cuda"):
+            return
+        where = f"{self.source} (trial {trial.trial_id}): train.device = {name!r}"
+        given = math.ceil(self.resources.gpu)
+        if given == 0:
+            raise ConfigError(f"{where}, but [resources] gpu = 0 gives trials no GPU; set [resources] gpu "
+                              f"(e.g. 1, or 0.25 to share one) or use train.device = auto or cpu")
+        wanted = device.index(name)
+        if wanted is not None and wanted >= given:
+            raise ConfigError(f"{where}, but each trial sees only its {given} GPU(s), numbered from cuda:0; "
+                              f"use train.device = cuda")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (what travels to each Tune trial)."""
