@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.core import device as devices
 from suite.core.errors import ConfigError
 
 
@@ -272,12 +273,11 @@ def check_ranges(config: RunConfig, source: str) -> None:
         (config.train.reestimate_batches >= 1, "train.reestimate_batches must be >= 1"),
         (config.train.inference_draws >= 0, "train.inference_draws must be >= 0 (0 skips the inference measurement)"),
         (all(n >= 1 for n in config.train.eval_lengths), "train.eval_lengths must all be >= 1"),
-        (config.train.device == "auto" or config.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
-         "train.device must be auto, cpu, cuda or cuda:N"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    devices.check_name(config.train.device, f"{source}: train.device")
 
 
 def read_raw(path: str | Path | None = None, overrides: list[str] | None = None,

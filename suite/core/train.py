@@ -25,6 +25,7 @@ import torch
 from suite.core import perf
 from suite.core.cells.norms import batch_norms
 from suite.core.config import OptimConfig, RunConfig
+from suite.core.device import pick_device  # noqa: F401 -- also part of this module's API
 from suite.core.errors import ConfigError
 from suite.core.inference import REESTIMATE_SEED_OFFSET, evaluate, measure_modes, refresh_statistics
 
@@ -71,13 +72,6 @@ class RunResult:
     lengths: list[dict[str, Any]] = field(default_factory=list)
     inference: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' means the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -144,7 +138,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Evaluation], bool | None] 
     with its summary and test metrics.
     """
     train = config.train
-    perf.apply_malloc_tuning()  # every training process, Ray workers included (README, Speed)
+    perf.tune_process()  # threads and malloc of every training process, Ray workers included (README, Speed)
     device = pick_device(train.device)
     seed_everything(train.seed)
     task.prepare()

@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     from runners.saved import load
     from suite.core.cells.norms import batch_norms, kept_statistics
     from suite.core.inference import eval_batch_size, evaluate_split, refresh_statistics
-    from suite.core.train import pick_device
+    from suite.core.device import pick_device
 
     if args.draws < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.reestimate_batches is not None and args.reestimate_batches < 1):
