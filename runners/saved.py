@@ -51,7 +51,7 @@ def locate(target: str, results: str | None, checkpoint: str) -> tuple[str, str,
         return str(path / f"{checkpoint}.pt"), path.name, path.parent.parent
     if path.is_dir() and (path / "models").is_dir():
         trials = sorted(p.name for p in (path / "models").iterdir() if (p / f"{checkpoint}.pt").is_file())
-        bn = [t for t in trials if _is_bn(path / "models" / t / f"{checkpoint}.pt")]
+        bn = [t for t in trials if _has_batch_norm(path, t)]
         if not bn:
             raise SuiteError(f"{path}: no saved model of a batch-normalized run under {path / 'models'}; "
                              f"pass a trial id or a model file")
@@ -67,9 +67,10 @@ def locate(target: str, results: str | None, checkpoint: str) -> tuple[str, str,
     return str(file), target, root
 
 
-def _is_bn(path: Path) -> bool:
-    config = checkpoints.file_config(checkpoints.read_model(str(path)))
-    return "bn" in str(config.get("model", {}).get("variant", ""))
+def _has_batch_norm(root: Path, trial_id: str) -> bool:
+    """Whether the trial's summary records a BN statistics mode (variants without BN record "none")."""
+    row = read_trial_row(str(root), "summary", trial_id) if (root / "summary").is_dir() else None
+    return row is not None and row.get("stats_mode") not in (None, "none")
 
 
 def run_config(recorded: dict[str, Any], data_dir: str | None) -> RunConfig:
