@@ -65,3 +65,21 @@ def test_diagnostic_refuses_a_model_without_batch_norm(tmp_path):
     saved(tmp_path, "ln_lstm")
     with pytest.raises(SuiteError, match="has no batch norm"):
         bn_inference.diagnose(load("t1", str(tmp_path)), str(tmp_path))
+
+
+def test_a_model_file_that_disagrees_with_its_trials_summary_is_refused(tmp_path):
+    import json
+
+    from suite.core.results import SUMMARY, to_table, write_table
+
+    cfg, _ = saved(tmp_path)
+    other = cfg.to_dict()
+    other["model"] = dict(other["model"], hidden_size=16)
+    row = {"study": "s", "trial_id": "t1", "task": "adding", "variant": "bn_lstm", "seed": 0, "status": "finished",
+           "stats_mode": "reestimate", "config_json": json.dumps(other)}
+    write_table(to_table([row], SUMMARY), str(tmp_path), "summary", "t1")
+    with pytest.raises(SuiteError, match=r"its \[model\] config differs from the one in .*summary/t1.parquet"):
+        load("t1", str(tmp_path))
+    # A study directory as the target: its first BN trial (by the summary) is found, then refused the same way.
+    with pytest.raises(SuiteError, match="belongs to another run"):
+        load(str(tmp_path))
