@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from runners.study import make_trial_id
-from runners.trainable import GRID, SEED, TASK, VARIANT
+from runners.trainable import point_of
 
 
 def _fmt(value: Any) -> str:
@@ -62,7 +62,7 @@ class Progress(tune.Callback):
         """An evaluation came in."""
         if result.get("status", "running") != "running":
             return  # the closing report; on_trial_complete prints it
-        metric = self.metric.get(trial.config.get(TASK), "metric")
+        metric = self.metric.get(point_of(trial.config)[0], "metric")
         self._say(trials, f"{trial_name(trial)} step {result.get('step')}/{result.get('total_steps')} valid {metric} "
                           f"{_fmt(result.get('valid'))} (best {_fmt(result.get('best_valid'))})")
 
@@ -86,5 +86,4 @@ class Progress(tune.Callback):
 
 def trial_name(trial) -> str:
     """The study's trial id of a Tune trial (from its grid point)."""
-    config = trial.config
-    return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
+    return make_trial_id(*point_of(trial.config))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import suite  # noqa: F401 -- its OpenMP settings must be in the environment before torch is imported
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
