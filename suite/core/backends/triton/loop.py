@@ -186,13 +186,13 @@ class TritonLoop(torch.autograd.Function):
                    **meta)
         if keep:
             ctx.slots, ctx.owners, ctx.padding, ctx.tile = slots, owners, padding, tile
-            ctx.save_for_backward(xg, w, zh, acts, hs, cs, tcn)
+            ctx.save_for_backward(w, zh, acts, hs, cs, tcn)  # not xg: nothing in backward reads it
         return hs[1:], hs[-1].clone(), cs[steps if keep else steps % 2].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         kernels = _kernels()
-        xg, w, zh, acts, hs, cs, tcn = ctx.saved_tensors
+        w, zh, acts, hs, cs, tcn = ctx.saved_tensors
         slots, owners, padding, tile = ctx.slots, ctx.owners, ctx.padding, ctx.tile
         steps, batch, four_h = acts.shape
         hidden = four_h // 4
@@ -204,8 +204,8 @@ class TritonLoop(torch.autograd.Function):
         dh = torch.empty_like(hs[0])
         dc = d_cn.contiguous().clone()
         carry = torch.zeros_like(dh) if padding is not None else dh
-        mask, count = padding if padding is not None else (xg, xg)
-        stats = [v if v is not None else xg for s in slots for v in (s.gamma, s.mean, s.invstd)]
+        mask, count = padding if padding is not None else (w, w)  # w: a placeholder pointer, never read
+        stats = [v if v is not None else w for s in slots for v in (s.gamma, s.mean, s.invstd)]
         meta = dict(H_KIND=kinds[0], C_KIND=kinds[1], HAS_MASK=padding is not None, BLOCK_B=tile.block_b,
                     BLOCK_H=tile.block_h, num_warps=tile.num_warps)
         launch = kernels.step_backward[tile.grid]
