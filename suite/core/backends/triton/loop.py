@@ -18,9 +18,10 @@ the native kernels, so train, batch, population and accumulate (re-estimation) m
 steps beyond T_max follow the reference's rules.
 
 Not handled here (the caller then uses another path; all rare): tiles over `MAX_TILE`
-values, which happens when a batch-norm (batch statistics) slot meets a layer-norm slot in one
-layer, or for a batch over 8192 examples with batch statistics, or H over 8192 with layer norm;
-dtypes other than float32/float64; CUDA autocast; tensors beyond 2^31 elements.
+values, which happens for batch statistics of over 8192 examples, layer norm over 8192 units,
+or batch statistics and layer norm in one layer (no built-in variant mixes them) when the
+padded B x H exceeds 8192; dtypes other than float32/float64; CUDA autocast; tensors beyond
+2^31 elements.
 """
 
 from __future__ import annotations
