@@ -30,7 +30,8 @@ from suite.core import variants  # noqa: E402
 from suite.core.backends import choose  # noqa: E402
 from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot  # noqa: E402
 from suite.core.backends.triton import loop  # noqa: E402
-from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode  # noqa: E402
+from suite.core.cells.norms import (  # noqa: E402
+    BATCH, LayerNorm, batch_norms, reestimate_statistics, statistics_mode)
 
 VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -162,6 +163,18 @@ def test_no_grad_evaluation(name):
 def test_bidirectional_two_layer_stack(name):
     ref, fast = pair(name, num_layers=2, bidirectional=True)
     assert_same(ref, fast, data(), lengths=torch.tensor([T, 1, 3]))
+
+
+def test_batch_norm_and_layer_norm_in_one_layer():
+    """No built-in variant mixes them, but a tile holding the whole batch and every unit computes it."""
+    ref, fast = pair("bn_lstm")
+    for model in (ref, fast):
+        torch.manual_seed(5)
+        model.layers[0].norm_c = LayerNorm(H, 0.7, 1e-5, bias=True).double()
+        with torch.no_grad():
+            model.layers[0].norm_c.bias.normal_()
+    assert choose(fast.layers[0], data()) is loop.run_layer
+    assert_same(ref, fast, data())
 
 
 def test_time_offset_reads_later_statistics_rows():
