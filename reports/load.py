@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from suite.core.errors import SuiteError
-from suite.core.results import SCHEMA_VERSION, TABLES
+from suite.core.results import ADDED_SINCE, SCHEMA_VERSION, TABLES
 
 # Canonical display order; unknown names follow alphabetically.
 VARIANT_ORDER = ["lstm", "cudnn_lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm"]
@@ -42,10 +42,14 @@ def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path) -> None:
     table, version = meta.get(b"table"), meta.get(b"schema_version")
     if table is not None and table.decode() != name:
         raise SuiteError(f"{path}: holds a {table.decode()!r} table, expected {name!r}")
-    if version is not None and version.decode() != SCHEMA_VERSION:
-        raise SuiteError(f"{path}: schema_version {version.decode()}, this suite reads version {SCHEMA_VERSION}")
+    if version is not None and version.decode() != SCHEMA_VERSION and version.decode() not in ADDED_SINCE:
+        raise SuiteError(f"{path}: schema_version {version.decode()}, this suite reads versions "
+                         f"{', '.join(sorted([*ADDED_SINCE, SCHEMA_VERSION]))}")
+    newer = ADDED_SINCE.get(version.decode(), ()) if version is not None else ()
     for wanted in expected:
         index = actual.get_field_index(wanted.name)
+        if index < 0 and wanted.name in newer:
+            continue  # an older file: the column reads as nulls
         if index < 0:
             raise SuiteError(f"{path}: column {wanted.name!r} of the {name} schema is missing")
         if actual.field(index).type != wanted.type:

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,8 @@ def prepare_root(root: str, study: Study, resume: bool) -> None:
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
     if resume:
-        if not tune.Tuner.can_restore(tune_dir):
+        # A tuned study keeps one experiment per phase under tune/ (runners.phases).
+        if not (tune.Tuner.can_restore(tune_dir) or (study.search is not None and _exists(tune_dir))):
             raise SuiteError(f"nothing to resume: {root} holds no started run of study {study.name}; "
                              f"run it without --resume")
         saved = _read_text(f"{root}/{STUDY_FILE}")
@@ -131,7 +132,13 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     study = load_study(path)
     trials = study.trials()
     if dry_run:
-        print(plan(study, trials))
+        if study.search is not None:  # the final trials' settings are not known before the search
+            from runners.phases import budget
+
+            print(f"study {study.name}: cpu={study.resources.cpu:g} gpu={study.resources.gpu:g} per trial; "
+                  f"max_failures={study.failure.max_failures}\n{budget(study)}")
+        else:
+            print(plan(study, trials))
         return 0
     from suite.cli.commands.train import check_writable
     from tasks.base import create
@@ -153,7 +160,12 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
         described = check_resources(study.resources.cpu, study.resources.gpu)
         print(f"study {study.name}: {len(trials)} trials on {described} ({'embedded' if session.embedded else session.address}); "
               f"results in {root}", flush=True)
-        outcomes = _fit(study, trials, results, root, resume)
+        if study.search is not None:
+            from runners.phases import run_phases
+
+            outcomes = run_phases(study, results, root, resume)
+        else:
+            outcomes = _fit(study, trials, results, root, resume)
     wall = time.monotonic() - started
     _record_unfinished(root, study, outcomes)
     print(summary_text(study, outcomes, wall), flush=True)
@@ -172,64 +184,87 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     """Build (or restore) the Tuner, run it, and tell how each trial ended."""
     from ray import tune
 
-    from runners.progress import Progress, trial_name
-
-    trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     tune_dir = f"{root}/{TUNE_DIR}"
     if resume:
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = restore_tuner(study, tune_dir)
     else:
-        metric = {name: _task_metric(name) for name in study.tasks}
         param_space = {
             STUDY: study.to_dict(), RESULTS: results,
             # Grid axes, never sampled: every variant sees every seed (and every grid point).
             TASK: tune.grid_search(list(study.tasks)), VARIANT: tune.grid_search(list(study.variants)),
             SEED: tune.grid_search(list(study.seeds)), GRID: tune.grid_search(study.grid_points()),
         }
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            # reuse_actors: a finished trial's worker takes the next trial (saves a process start and imports).
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=root, verbose=0, callbacks=[Progress(metric)],
-                failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    grid = tuner.fit()
+        tuner = new_tuner(study, param_space, root, TUNE_DIR)
     by_id = {t.trial_id: t for t in trials}
-    timing = Progress.current.trial_seconds if Progress.current else {}
-    outcomes = []
-    for result in grid:
-        config = result.config or {}
-        # An errored trial's result can come back without its config; its directory is named by trial id.
-        name = _config_name(config) if TASK in config else (result.path or "").rstrip("/").rsplit("/", 1)[-1]
-        if name not in by_id:
-            continue  # unidentifiable: recorded as interrupted below, and resumable
-        metrics = dict(result.metrics or {})
-        status = metrics.get("status")
-        ended = written_end(root, name, by_id[name].config.train.steps) if status not in DONE else None
-        if ended is not None:  # the trial wrote its summary, but its last report never reached us
-            status, metrics = ended["status"], ended
-        if status not in DONE:
-            status = "failed" if result.error is not None else "interrupted"
-        outcomes.append(Outcome(by_id[name], status, metrics, _error_line(result.error) if status == "failed" else None,
-                                timing.get(name)))
+    outcomes = outcomes_of(tuner.fit(), lambda name, config: by_id.get(name), root)
     seen = {o.trial.trial_id for o in outcomes}
     outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
     order = {t.trial_id: i for i, t in enumerate(trials)}
     return sorted(outcomes, key=lambda o: order[o.trial.trial_id])
 
 
+def _trainable(study: Study):
+    from ray import tune
+
+    return tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+
+
+def restore_tuner(study: Study, experiment: str):
+    """The Tuner of an interrupted experiment: finished trials are skipped, the rest resume from checkpoints."""
+    from ray import tune
+
+    return tune.Tuner.restore(experiment, _trainable(study), resume_unfinished=True, resume_errored=True)
+
+
+def new_tuner(study: Study, param_space: dict[str, Any], storage: str, name: str, **tune_config: Any):
+    """A Tuner for one experiment of a study under `<storage>/<name>`; `tune_config` adds TuneConfig
+    arguments (searcher, scheduler, num_samples) to the study's own."""
+    from ray import tune
+
+    from runners.progress import Progress, trial_name
+
+    metric = {task: _task_metric(task) for task in study.tasks}
+    return tune.Tuner(
+        _trainable(study), param_space=param_space,
+        # reuse_actors: a finished trial's worker takes the next trial (saves a process start and imports).
+        tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                    reuse_actors=True, **tune_config),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[Progress(metric)],
+            failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def outcomes_of(grid, trial_of: Callable[[str, dict[str, Any]], Trial | None], root: str) -> list[Outcome]:
+    """How each trial of a fitted experiment ended; `trial_of(name, config)` gives the study's Trial of a
+    Tune trial (None: unknown, left out)."""
+    from runners.progress import Progress
+
+    timing = Progress.current.trial_seconds if Progress.current else {}
+    outcomes = []
+    for result in grid:
+        config = result.config or {}
+        # The trial's directory is named by its trial id (trial_dirname_creator), config or not.
+        name = (result.path or "").rstrip("/").rsplit("/", 1)[-1]
+        trial = trial_of(name, config)
+        if trial is None:
+            continue  # unidentifiable: recorded as interrupted by the caller, and resumable
+        metrics = dict(result.metrics or {})
+        status = metrics.get("status")
+        ended = written_end(root, name, trial.config.train.steps) if status not in DONE else None
+        if ended is not None:  # the trial wrote its summary, but its last report never reached us
+            status, metrics = ended["status"], ended
+        if status not in DONE:
+            status = "failed" if result.error is not None else "interrupted"
+        outcomes.append(Outcome(trial, status, metrics, _error_line(result.error) if status == "failed" else None,
+                                timing.get(name)))
+    return outcomes
+
+
 def _task_metric(name: str) -> str:
     from tasks.base import get_task_class
 
     return get_task_class(name).metric
-
-
-def _config_name(config: dict[str, Any]) -> str:
-    from runners.study import make_trial_id
-
-    return make_trial_id(config[TASK], config[VARIANT], config[SEED], config[GRID])
 
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
@@ -272,6 +307,8 @@ def summary_text(study: Study, outcomes: Sequence[Outcome], wall: float) -> str:
                      f"{fit_seconds if fit_seconds is not None else float('nan'):7.1f}"
                      + (f"  {o.error}" if o.error else ""))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "diverged", "failed", "interrupted")}
+    if any(o.status == "stopped" for o in outcomes):
+        counts["stopped by ASHA"] = sum(o.status == "stopped" for o in outcomes)
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if overheads:
         lines.append(f"  Tune overhead per trial (trial wall time outside fit): mean {sum(overheads) / len(overheads):.1f}s, "

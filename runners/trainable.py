@@ -12,6 +12,7 @@ instead of training again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -21,10 +22,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# Keys of the dict Tune passes to a trial (`param_space` in runners.local).
+# Keys of the dict Tune passes to a trial (`param_space` in runners.local and runners.phases).
 STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
+# Tuned studies (runners.phases): the phase; a search trial's sample {"index": i, "point": {...}} (the
+# index is absent when a Tune searcher draws the point: the trial's name then carries it); the final
+# phase's best points {task: {variant: point}}.
+PHASE, SAMPLE, TUNED = "phase", "sample", "tuned"
 STATE_FILE = "state.pt"
-DONE = ("finished", "diverged")  # trial statuses that end a trial for good: --resume skips them
+# Trial statuses that end a trial for good: --resume skips them ("stopped": by the ASHA scheduler).
+DONE = ("finished", "diverged", "stopped")
+
+
+def trial_identity(params: Mapping[str, Any], index: int | None = None) -> tuple[str, int, dict[str, Any]]:
+    """(trial id, training seed, config point) of a trial from its Tune config; `index` is the search
+    sample's number when the config does not carry it (drawn by a Tune searcher)."""
+    from runners.study import make_trial_id, search_trial_id, tuned_trial_id
+
+    phase = params.get(PHASE)
+    if phase == "search":
+        sample = params[SAMPLE]
+        index = sample.get("index", index)
+        if index is None:
+            raise ValueError("a search trial without a sample index")
+        seed = params[STUDY]["search"]["seed"]
+        return search_trial_id(params[TASK], params[VARIANT], index), seed, dict(sample["point"])
+    if phase == "final":
+        point = params[TUNED][params[TASK]][params[VARIANT]]
+        return tuned_trial_id(params[TASK], params[VARIANT], params[SEED]), params[SEED], dict(point)
+    return make_trial_id(params[TASK], params[VARIANT], params[SEED], params[GRID]), params[SEED], dict(params[GRID])
+
+
+def name_index(name: str) -> int | None:
+    """The sample index in a search trial's name (`...-search007` -> 7), else None."""
+    head, _, digits = name.rpartition("-search")
+    return int(digits) if head and digits.isdigit() else None
 
 
 def study_root(results: str, study: str) -> str:
@@ -97,7 +128,10 @@ def train_trial(params: dict[str, Any]) -> None:
     from tasks.base import create
 
     study = from_dict(params[STUDY])
-    trial = study.resolve_trial(params[TASK], params[VARIANT], params[SEED], params[GRID])
+    phase = params.get(PHASE)
+    trial_id, seed, point = trial_identity(params, name_index(tune.get_context().get_trial_name() or ""))
+    trial = dataclasses.replace(study.resolve_trial(params[TASK], params[VARIANT], seed, point), trial_id=trial_id,
+                                phase=phase)
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
@@ -137,7 +171,10 @@ def train_trial(params: dict[str, Any]) -> None:
     result = fit(task, config, on_report=on_report, resume=resume)
     fit_seconds = time.perf_counter() - started
     summary = dict(result.summary)
-    write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)},
+    # The searched point goes under "grid" for search trials (it tells them apart) but under "tuned" for
+    # final trials: those are one arm per variant, compared with lstm at its own tuned settings.
+    where_point = {"tuned": dict(trial.grid)} if phase == "final" else {"grid": dict(trial.grid)}
+    write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe()} | where_point,
               result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
                                      "hostname": socket.gethostname()})
     tune.report(final_metrics(summary | {"status": result.status}, config.train.steps, fit_seconds))
