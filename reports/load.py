@@ -113,6 +113,9 @@ class Study:
     lengths: pa.Table | None
     throughput: pa.Table | None
     trials: dict[str, Trial] = field(default_factory=dict)
+    # Search-phase trials of a tuned study (runners.phases): read by reports.tuning only; `trials`,
+    # `summary` and `curve` hold the rest (the final comparison), so every other section is unchanged.
+    search: dict[str, Trial] = field(default_factory=dict)
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""
@@ -207,11 +210,34 @@ def load_study(study_dir: str | Path) -> Study:
     recorded = sorted({n for t in (tables["summary"], tables["curve"]) if t is not None
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
-    study = Study(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"])
-    if study.summary is not None:
-        rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
+    summary, curve = (_without_search(tables[n]) for n in ("summary", "curve"))
+    study = Study(name, path, summary, curve, tables["lengths"], tables["throughput"])
+    for source, target in ((summary, study.trials), (_search_only(tables["summary"]), study.search)):
+        if source is None:
+            continue
+        rows = source.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):
-            study.trials[row["trial_id"]] = Trial(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
-                                                  arm, settings, row["status"] or "unknown", row["error"] or "", row)
+            target[row["trial_id"]] = Trial(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
+                                            arm, settings, row["status"] or "unknown", row["error"] or "", row)
     return study
+
+
+def _is_search(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table["phase"], "search"), False)
+
+
+def _without_search(table: pa.Table | None) -> pa.Table | None:
+    """The rows of a table outside a study's search phase (all rows of an untuned study)."""
+    if table is None:
+        return None
+    kept = table.filter(pc.invert(_is_search(table)))
+    return kept if kept.num_rows else None
+
+
+def _search_only(table: pa.Table | None) -> pa.Table | None:
+    """The search-phase rows of a table, or None."""
+    if table is None:
+        return None
+    kept = table.filter(_is_search(table))
+    return kept if kept.num_rows else None
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports import convergence, generalization
+from reports import convergence, generalization, tuning
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import GRADIENT_FLOW, TABLE as FLOW_TABLE, figures as flow_figures
-from reports.load import BASELINE, Study, load_study, read_folder
+from reports.load import BASELINE, TASK_ORDER, Study, load_study, ordered, read_folder
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
@@ -138,6 +138,9 @@ class Report:
                        "inverting the t CDF (regularized incomplete beta function, bisection), not read from a table. "
                        "A `*` marks an interval that excludes zero. Paper numbers are the test results of Cooijmans et "
                        "al. (2016), Tables 1-3.", ""]
+        # A tuned study: what the search did, per task, before the comparison at tuned settings.
+        for task in ordered((t.task for t in s.search.values()), TASK_ORDER):
+            tuning.section(self, task)
         for task in s.tasks():
             self.task_section(task)
         self.throughput_sections()
