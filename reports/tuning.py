@@ -6,8 +6,9 @@ draws with replacement, P(max = v_(i)) = (i/N)^n - ((i-1)/N)^n, so
 E[max_n] = sum_i v_(i) P(max = v_(i)) and Var[max_n] = sum_i v_(i)^2 P(max = v_(i)) - E[max_n]^2.
 For a metric where lower is better the same holds for the minimum (the values negated).
 A trial ASHA stopped enters with the best validation value it reached (that is what the
-search ranked it by); a trial without a finite value enters as the worst possible
-(-inf, or +inf when lower is better) because that is what choosing it would give.
+search ranked it by). Trials without a usable value (diverged, failed, unfinished) are left
+out of the pool, as the search's choice leaves them out, and the report says how many: with
+them in as -inf the expected best would be -inf at every n (all n draws could hit them).
 """
 
 from __future__ import annotations
@@ -172,13 +173,16 @@ def section(report, task: str) -> None:
     report.lines += _table(["variant", "best configuration", f"best valid {fmt.label}", "trial", "search trials",
                             "stopped by ASHA", "diverged/failed/unfinished"], rows)
     report.lines.append("")
-    curves = {v: [expected_best([_value(t, mode) for t in ts], n, mode) for n in range(1, len(ts) + 1)]
-              for v, ts in by_variant.items() if ts}
-    budgets = _budgets(max(samples.values(), default=0))
+    pools = {v: [_value(t, mode) for t in ts if math.isfinite(_value(t, mode))] for v, ts in by_variant.items()}
+    curves = {v: [expected_best(pool, n, mode) for n in range(1, len(pool) + 1)] for v, pool in pools.items() if pool}
+    left_out = {v: len(by_variant[v]) - len(pool) for v, pool in pools.items() if len(by_variant[v]) > len(pool)}
+    budgets = _budgets(max((len(p) for p in curves.values()), default=0))
     report.lines += ["### Expected best validation vs budget", "",
                      f"Expected best validation {fmt.label} ± std after n search trials (Dodge et al. 2019: the best "
                      f"of n draws with replacement from a variant's search results; stopped trials count with the "
-                     f"best value they reached, diverged or failed ones as the worst).", ""]
+                     f"best value they reached; trials without a usable value are left out"
+                     + (": " + ", ".join(f"`{v}` {k}" for v, k in left_out.items()) if left_out else ", none here")
+                     + ").", ""]
     report.lines += _table(["variant"] + [f"n={n}" for n in budgets],
                            [[f"`{v}`"] + [_pm(fmt, *points[n - 1]) if n <= len(points) else "-" for n in budgets]
                             for v, points in curves.items()])
