@@ -25,11 +25,12 @@ import pyarrow.compute as pc
 
 from reports import convergence, generalization, tuning
 from reports.cost import BenchmarkRun, read_benchmark_json
-from reports.gradient_flow import GRADIENT_FLOW, TABLE as FLOW_TABLE, figures as flow_figures
+from reports.gradient_flow import figures as flow_figures
 from reports.load import BASELINE, TASK_ORDER, Study, load_study, ordered, read_folder
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
+from suite.core.results import GRADIENT_FLOW, GRADIENT_FLOW_TABLE
 
 DASH = "—"
 
@@ -329,7 +330,7 @@ class Report:
 
     def gradient_flow_section(self) -> None:
         """Paper Figure 1 from the study's gradient_flow table (`suite diagnose gradient-flow --out STUDY`)."""
-        table = read_folder(self.study.path / FLOW_TABLE, GRADIENT_FLOW)
+        table = read_folder(self.study.path / GRADIENT_FLOW_TABLE, GRADIENT_FLOW)
         if table is None:
             return
         a = table.filter(pc.equal(table["figure"], "1a"))

@@ -3,8 +3,8 @@
 The study's tables live in `<results>/<study>/` (curve/, summary/; see suite.core.results) and
 Tune's experiment state in `<results>/<study>/tune/`, so `--resume` finds both. Trials
 write their own tables; the driver writes summary rows only for trials that could not
-(failed for good, or interrupted), then prints a summary and, when the study names a
-report and a `report` command exists, writes the report.
+(failed for good, or interrupted), then prints a summary and says where the study's report
+should go (runners never render reports: the `suite run` command calls `reports` with it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ TUNE_DIR = "tune"
 # here because every evaluation checkpoints (num_to_keep=1 forces a state snapshot each time).
 QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """How a study run ended: the exit code, its results directory, and where its report goes (if it should)."""
+
+    code: int  # 0: every trial finished or diverged; 1: some failed; 130: interrupted
+    root: str | None = None  # None for a dry run
+    report: str | None = None  # set only when the run ended and a report was asked for
 
 
 @dataclass
@@ -126,9 +135,10 @@ def _error_line(error: BaseException | None) -> str | None:
 
 
 def run_study(path: str, results: str, address: str | None = None, resume: bool = False, dry_run: bool = False,
-              report: str | None = None, num_cpus: int | None = None) -> int:
-    """Run (or resume) a study; returns 0 when every trial finished or diverged, 1 when some failed,
-    130 when interrupted."""
+              report: str | None = None, num_cpus: int | None = None) -> StudyRun:
+    """Run (or resume) a study. Its code is 0 when every trial finished or diverged, 1 when some failed,
+    130 when interrupted; its `report` is where the report should be written (`report`, else the study's
+    own), absolute or under the study's results directory."""
     study = load_study(path)
     trials = study.trials()
     if dry_run:
@@ -139,8 +149,8 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
                   f"max_failures={study.failure.max_failures}\n{budget(study)}")
         else:
             print(plan(study, trials))
-        return 0
-    from suite.cli.commands.train import check_writable
+        return StudyRun(0)
+    from suite.core.results import check_writable
     from tasks.base import create
 
     results = _absolute(results)
@@ -173,11 +183,10 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     if interrupted:
         print(f"interrupted: {len(interrupted)} trial(s) unfinished; continue with "
               f"`suite run {path} --results {results} --resume`", file=sys.stderr)
-        return 130
+        return StudyRun(130, root)
     report = report if report is not None else study.report
-    if report:
-        _write_report(root, report)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    target = (report if os.path.isabs(report) or "://" in report else f"{root}/{report}") if report else None
+    return StudyRun(1 if any(o.status == "failed" for o in outcomes) else 0, root, target)
 
 
 def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume: bool) -> list[Outcome]:
@@ -269,7 +278,8 @@ def _task_metric(name: str) -> str:
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
-    from suite.core.results import SUMMARY, environment, to_table, write_table
+    from suite.core.provenance import environment
+    from suite.core.results import SUMMARY, to_table, write_table
 
     for o in outcomes:
         if o.status in DONE:
@@ -314,16 +324,3 @@ def summary_text(study: Study, outcomes: Sequence[Outcome], wall: float) -> str:
         lines.append(f"  Tune overhead per trial (trial wall time outside fit): mean {sum(overheads) / len(overheads):.1f}s, "
                      f"max {max(overheads):.1f}s over {len(overheads)} trials")
     return "\n".join(lines)
-
-
-def _write_report(root: str, out: str) -> None:
-    """Write the study's report with `suite report` when that command exists."""
-    from suite import cli
-
-    if "report" not in cli.COMMANDS:
-        print(f"(no report: the `report` command is not installed; {root} holds the tables)")
-        return
-    target = out if os.path.isabs(out) or "://" in out else f"{root}/{out}"
-    code = cli.main(["report", root, "--out", target])
-    if code != 0:
-        raise SuiteError(f"the study finished but writing its report {target} failed (exit {code})")

@@ -98,7 +98,8 @@ def _study_trial(study: Study, name: str, config: dict[str, Any], phase: str) ->
 def write_stopped(root: str, study_dict: dict[str, Any], config: dict[str, Any], name: str, step: int) -> None:
     """The summary row of a trial ASHA stopped after `step`, from its curve rows up to that step."""
     from runners.study import from_dict
-    from suite.core.results import CURVE, SUMMARY, environment, read_trial_rows, to_table, write_table
+    from suite.core.provenance import environment
+    from suite.core.results import CURVE, SUMMARY, read_trial_rows, to_table, write_table
 
     study = from_dict(study_dict)
     trial_id, seed, point = trial_identity(config, name_index(name))

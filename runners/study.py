@@ -50,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from runners.search import Search, check_steps, parse_search, probe_points
-from suite.core.config import RunConfig, build_dataclass, load_toml, merge, resolve
+from suite.core.config import RunConfig, build_dataclass, load_toml, merge
 from suite.core.errors import ConfigError
+from tasks.resolve import resolve
 
 KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "resources",
         "early_stopping", "failure", "search")

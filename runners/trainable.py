@@ -123,7 +123,8 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from runners.study import from_dict
-    from suite.core.results import CURVE, to_table, write_run, write_table
+    from suite.core.provenance import write_run
+    from suite.core.results import CURVE, to_table, write_table
     from suite.core.train import Report, fit
     from tasks.base import create
 

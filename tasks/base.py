@@ -102,7 +102,7 @@ class Task:
     metric: ClassVar[str] = "accuracy"
     mode: ClassVar[str] = "max"  # "max" for accuracy, "min" for errors and bits per character
     Options: ClassVar[type] = NoOptions
-    # The paper's settings, as nested config sections (see suite.core.config.resolve).
+    # The paper's settings, as nested config sections (see tasks.resolve).
     defaults: ClassVar[Mapping[str, Any]] = {}
     carry_state: ClassVar[bool] = False  # evaluation carries (h, c) and the time index across batches
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")

@@ -1,8 +1,10 @@
 """Run configuration: frozen dataclasses, TOML loading, `--set key=value` overrides, validation.
 
 Resolution order, later wins: dataclass defaults < the task's paper settings < the TOML
-file < command-line overrides. Unknown keys and wrong types are `ConfigError`s that name
-the key and where it came from.
+file < command-line overrides. Layering in the task's settings and checking the task's and
+the variant's options needs the plugins, so it lives a layer up, in `tasks.resolve`; this
+module has the pieces. Unknown keys and wrong types are `ConfigError`s that name the key and
+where it came from.
 """
 
 from __future__ import annotations
@@ -229,35 +231,30 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def resolve(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
-    """Build a validated RunConfig from nested raw values, layering in the task's paper settings."""
-    from suite.core import variants
-    from tasks import base as task_base
-
+def check_sections(raw: Mapping[str, Any], source: str) -> None:
+    """Every top-level key of `raw` must be a known section holding a table."""
     for section in raw:
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         if not isinstance(raw[section], Mapping):
             raise ConfigError(f"{source}: [{section}] must be a table")
-    task_name = raw.get("task", {}).get("name", TaskConfig.name)
-    task_cls = task_base.get_task_class(str(task_name))
-    layered = merge(dict(task_cls.defaults), raw)
-    sections = {
-        name: build_dataclass(cls, layered.get(name, {}), f"{source} [{name}]",
+
+
+def build_run_config(values: Mapping[str, Any], source: str) -> RunConfig:
+    """A RunConfig from nested values, key and type checked; the open sections' unknown keys go to `options`.
+
+    The plugin options are checked by the caller that knows the plugins (`tasks.resolve`).
+    """
+    check_sections(values, source)
+    return RunConfig(**{
+        name: build_dataclass(cls, values.get(name, {}), f"{source} [{name}]",
                               extra="options" if name in OPEN_SECTIONS else None)
         for name, cls in SECTIONS.items()
-    }
-    config = RunConfig(**sections)
-    task_cls.check_options(config.task.options, f"{source} [task] (options of task {config.task.name}; "
-                           f"other task keys: name)")
-    variants.check_options(config.model.variant, config.model.options,
-                           f"{source} [model] (options of variant {config.model.variant}; other model keys: "
-                           f"{', '.join(f.name for f in dataclasses.fields(ModelConfig) if f.name != 'options')})")
-    _check_ranges(config, source)
-    return config
+    })
 
 
-def _check_ranges(config: RunConfig, source: str) -> None:
+def check_ranges(config: RunConfig, source: str) -> None:
+    """Value ranges that the types cannot express (sizes >= 1, known names, ...)."""
     checks = [
         (config.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
         (config.model.num_layers >= 1, "model.num_layers must be >= 1"),
@@ -278,13 +275,12 @@ def _check_ranges(config: RunConfig, source: str) -> None:
             raise ConfigError(f"{source}: {message}")
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                    base: Mapping[str, Any] | None = None) -> RunConfig:
-    """Resolve a RunConfig from an optional TOML file, a base mapping and `--set` overrides."""
+def read_raw(path: str | Path | None = None, overrides: list[str] | None = None,
+             base: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """Nested raw values from a base mapping, an optional TOML file and `--set` overrides, and their source."""
     raw: dict[str, Any] = dict(base or {})
     source = "command line"
     if path is not None:
         raw = merge(raw, load_toml(path))
         source = str(path)
-    raw = apply_overrides(raw, overrides or [])
-    return resolve(raw, source)
+    return apply_overrides(raw, overrides or []), source

@@ -4,23 +4,23 @@ Layout of a results location: `<root>/<table>/<trial_id>.parquet`, one file per 
 table, so parallel trials never touch the same file and `pyarrow.dataset.dataset(root/table)`
 (or DuckDB, Polars, pandas) reads a whole table. Files are written under a temporary name
 and renamed. Every schema carries `schema_version` in its metadata; the summary row
-carries the resolved config and the environment that produced it.
+carries the resolved config and the environment that produced it (written by
+`suite.core.provenance.write_run`, which needs torch; this module needs only pyarrow, so
+reports can read results without torch).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
 import uuid
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from suite.core.errors import SuiteError
 
 SCHEMA_VERSION = "2"
 # Columns added since an older version: a file of that version may lack them (read as nulls).
@@ -104,29 +104,22 @@ THROUGHPUT = _schema([
     pa.field("env_json", pa.string()),
 ], "throughput")
 
+# Paper Figure 1 (written by `suite diagnose gradient-flow`, runners.gradient_flow): one table for both
+# panels, "1a" rows have gamma and t, "1b" rows have sigma. Not a per-trial table, so not in TABLES.
+GRADIENT_FLOW_TABLE = "gradient_flow"
+GRADIENT_FLOW = _schema([
+    pa.field("figure", pa.string()),  # "1a" gradient norm per step, "1b" tanh derivative per sigma
+    pa.field("gamma", pa.float64()),
+    pa.field("t", pa.int64()),
+    pa.field("sigma", pa.float64()),
+    pa.field("value", pa.float64()),  # 1a: mean over the batch of ||dL/dh_t||_2; 1b: E[tanh'(x)]
+    pa.field("q25", pa.float64()),
+    pa.field("q75", pa.float64()),
+    pa.field("source", pa.string()),  # which inputs: MNIST files, the offline sample, or random
+    pa.field("config_json", pa.string()),
+], GRADIENT_FLOW_TABLE)
+
 TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "throughput": THROUGHPUT}
-
-
-def environment() -> dict[str, Any]:
-    """Library versions and the machine, recorded with every result."""
-    import torch
-
-    from suite.core.backends.native import build as native_build
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-           "torch": torch.__version__, "pyarrow": pa.__version__, "ray": version("ray"),
-           "recnorm_suite": version("recnorm-suite"), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "native_kernels": native_build.status()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
 def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -159,22 +152,6 @@ def write_table(table: pa.Table, root: str, name: str, trial_id: str) -> str:
     return final
 
 
-def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]], summary: Mapping[str, Any],
-              config: Mapping[str, Any], lengths: list[Mapping[str, Any]] = (),
-              where: Mapping[str, Any] | None = None) -> None:
-    """Write one trial's curve, summary (and lengths) tables; `keys` holds study, trial_id, task, variant, seed.
-
-    `where` adds facts about the process that ran the trial (e.g. its Ray node) to the environment.
-    """
-    trial_id = keys["trial_id"]
-    write_table(to_table([dict(keys, **row) for row in curve], CURVE), root, "curve", trial_id)
-    if lengths:
-        write_table(to_table([dict(keys, **row) for row in lengths], LENGTHS), root, "lengths", trial_id)
-    row = dict(keys, **summary, config_json=json.dumps(config, sort_keys=True),
-               env_json=json.dumps(environment() | dict(where or {}), sort_keys=True))
-    write_table(to_table([row], SUMMARY), root, "summary", trial_id)
-
-
 def read_trial_rows(root: str, name: str, trial_id: str) -> list[dict[str, Any]]:
     """The rows of `root/name/trial_id.parquet` as dicts ([] where the trial wrote none)."""
     fs, base = filesystem(root)
@@ -198,3 +175,16 @@ def read_table(root: str, name: str) -> pa.Table:
     data = ds.dataset(f"{base}/{name}", filesystem=fs, format="parquet", schema=TABLES[name],
                       exclude_invalid_files=False)
     return data.to_table()
+
+
+def check_writable(location: str) -> None:
+    """Fail before any work when the results location cannot be written (a SuiteError naming the fix)."""
+    fs, path = filesystem(location)
+    try:
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.write-probe"
+        with fs.open_output_stream(probe) as fh:
+            fh.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, PermissionError) as exc:
+        raise SuiteError(f"results location {location} is not writable ({exc}); choose another --results") from None

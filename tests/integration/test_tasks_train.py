@@ -13,7 +13,7 @@ import torch
 
 from suite import cli
 from suite.core import variants
-from suite.core.config import resolve
+from tasks.resolve import resolve
 from suite.core.train import fit
 from tasks.base import create, registry
 from tasks.fixtures import write_mnist, write_ptb, write_text8

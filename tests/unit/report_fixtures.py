@@ -98,7 +98,7 @@ def benchmark_json(path: Path) -> Path:
 
 def write_gradient_flow(study: Path) -> None:
     """A hand-made gradient_flow table (the shape `suite diagnose gradient-flow` writes)."""
-    from reports.gradient_flow import GRADIENT_FLOW
+    from suite.core.results import GRADIENT_FLOW
 
     keys = {"study": "diagnose", "trial_id": "gradient-flow", "task": "smnist", "variant": "bn_tanh_rnn", "seed": 0,
             "source": "random inputs (test)", "config_json": "{}"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from suite import cli
-from suite.core.config import resolve
+from tasks.resolve import resolve
 from suite.core.errors import ConfigError, DataError
 from suite.core.train import evaluate
 from tasks import cnn_qa_data

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from suite.core import variants
 from suite.core.cells.norms import StepBatchNorm, batch_norms
-from suite.core.config import resolve
+from tasks.resolve import resolve
 from suite.core.train import fit
 from tasks.base import create
 from tasks.cnn_qa import QABatch

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from suite.core.config import RunConfig, load_run_config, parse_override
+from suite.core.config import RunConfig, parse_override
+from tasks.resolve import load_run_config
 from suite.core.errors import ConfigError
 
 

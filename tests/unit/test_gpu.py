@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from suite.core import variants
-from suite.core.config import load_run_config
+from tasks.resolve import load_run_config
 from suite.core.train import fit
 from tasks.base import create
 

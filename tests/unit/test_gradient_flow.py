@@ -8,8 +8,8 @@ import pytest
 import torch
 from matplotlib import image as mpimg
 
-from reports.gradient_flow import FlowConfig, gradient_norms, load_inputs, tanh_derivative
 from reports.render import write_report
+from runners.gradient_flow import FlowConfig, gradient_norms, load_inputs, tanh_derivative
 from suite.cli import main as cli
 from tests.unit.report_fixtures import write_study
 

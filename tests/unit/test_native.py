@@ -16,7 +16,7 @@ from suite.core import variants
 from suite.core.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
 from suite.core.backends.pytorch import layer_runner
 from suite.core.backends.native import build, loop
-from suite.core.results import environment
+from suite.core.provenance import environment
 
 from .test_fast import assert_same
 

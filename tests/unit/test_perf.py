@@ -102,7 +102,7 @@ def test_malloc_settings_stop_page_faults_in_this_process_and_in_children():
 
 def test_fit_applies_the_malloc_settings(monkeypatch):
     """Every training process (suite train, Ray trials) goes through fit, which tunes malloc."""
-    from suite.core.config import load_run_config
+    from tasks.resolve import load_run_config
     from suite.core.train import fit
     from tasks.base import create
 

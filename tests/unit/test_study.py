@@ -206,7 +206,7 @@ def test_early_stopper_respects_min_steps_and_zero_patience():
 
 def test_early_stopping_ends_fit_early():
     """fit stops when the callback says so and still evaluates the test split."""
-    from suite.core.config import resolve
+    from tasks.resolve import resolve
     from suite.core.train import fit
     from tasks.base import create
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from suite.core.config import resolve
+from tasks.resolve import resolve
 from suite.core.errors import ConfigError
 from tasks.base import create, registry
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from suite.core.config import load_run_config
+from tasks.resolve import load_run_config
 from suite.core.errors import ConfigError
 from suite.core.model import SequenceModel
 from suite.core.train import evaluate, fit

@@ -38,10 +38,10 @@ def main(args: argparse.Namespace) -> int:
     """Time the grid, print a table, write one Parquet file for the whole run."""
     import torch
 
-    from suite.core import perf
     from runners import throughput as tp
-    from suite.cli.commands.train import check_writable
-    from suite.core.results import THROUGHPUT, environment, to_table, write_table
+    from suite.core import perf
+    from suite.core.provenance import environment
+    from suite.core.results import THROUGHPUT, check_writable, to_table, write_table
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
     import torch
 
-    from reports.gradient_flow import FlowConfig, diagnose
+    from reports.gradient_flow import figures
+    from runners.gradient_flow import FlowConfig, diagnose
     from tasks.base import default_data_dir
 
     try:
@@ -47,9 +48,10 @@ def main(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        table, paths = diagnose(args.out, data_dir, gammas, config)
+        table = diagnose(args.out, data_dir, gammas, config)
     finally:
         torch.set_num_threads(threads)
+    paths = figures(table, Path(args.out))
     a = table.filter(pc.equal(table["figure"], "1a"))
     print(f"inputs: {a['source'][0].as_py()}")
     last = config.length - 1

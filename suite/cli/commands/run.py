@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from suite.core.errors import SuiteError
+
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     """Arguments of `suite run`."""
@@ -24,7 +26,17 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the study."""
+    """Run the study, then write its report when it ended and one is asked for (runners never render)."""
     from runners.local import run_study
 
-    return run_study(args.study, args.results, args.address, args.resume, args.dry_run, args.report, args.num_cpus)
+    outcome = run_study(args.study, args.results, args.address, args.resume, args.dry_run, args.report,
+                        args.num_cpus)
+    if outcome.report:
+        from reports.render import write_report
+
+        try:
+            path = write_report(outcome.root, outcome.report)
+        except SuiteError as exc:
+            raise SuiteError(f"the study finished but writing its report {outcome.report} failed: {exc}") from None
+        print(f"report written to {path}")
+    return outcome.code

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from suite.core.errors import ConfigError, SuiteError
+from suite.core.errors import ConfigError
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -23,8 +23,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Resolve the config, train, write curve and summary tables."""
-    from suite.core.config import load_run_config
-    from suite.core.results import write_run
+    from tasks.resolve import load_run_config
+    from suite.core.provenance import write_run
+    from suite.core.results import check_writable
     from suite.core.train import fit
     from tasks.base import create
 
@@ -54,21 +55,6 @@ def main(args: argparse.Namespace) -> int:
           f"test {s['test_at_best']:.4f} (at best) / {s['test_at_last']:.4f} (last); "
           f"{s['examples_per_second']:.0f} examples/s; tables in {args.results}")
     return 0 if result.status == "finished" else 1
-
-
-def check_writable(location: str) -> None:
-    """Fail before training when the results location cannot be written."""
-    from suite.core.results import filesystem
-
-    fs, path = filesystem(location)
-    try:
-        fs.create_dir(path, recursive=True)
-        probe = f"{path}/.write-probe"
-        with fs.open_output_stream(probe) as fh:
-            fh.write(b"ok")
-        fs.delete_file(probe)
-    except (OSError, PermissionError) as exc:
-        raise SuiteError(f"results location {location} is not writable ({exc}); choose another --results") from None
 
 
 __all__ = ["ConfigError", "configure", "main"]
