@@ -146,7 +146,10 @@ def search_experiment(study: Study, task: str, variant: str, results: str, root:
     if s.searcher == "random":  # pre-drawn, reproducible points: a grid over the samples
         space[SAMPLE] = tune.grid_search([{"index": i, "point": s.point(variant, i)} for i in range(s.samples)])
     else:
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study INFO lines break the progress lines
 
         space[SAMPLE] = {"point": {key: sp.tune_domain() for key, sp in sorted(s.spaces_of(variant).items())}}
         # best_valid: the trial's best validation value so far (a stopped trial's too).

@@ -149,3 +149,17 @@ def test_resume_after_ctrl_c_in_each_phase(tmp_path, ray_tmp):  # noqa: F811
     summary = check_complete(root, steps, samples=3)
     assert {r["trial_id"]: r["best_valid"] for r in summary if r["phase"] == "search"} == \
         {t: r["best_valid"] for t, r in searched.items()}
+
+
+@pytest.mark.slow  # about 2.5 minutes on a loaded 2-core machine: Optuna's trials run one after another
+def test_optuna_searcher(tmp_path, ray_tmp):  # noqa: F811
+    """searcher = "optuna": Tune's OptunaSearch draws the points; trials are numbered in creation order,
+    every variant gets the same number, and the final phase takes the best validation point."""
+    pytest.importorskip("optuna")
+    path = tmp_path / "optuna.toml"
+    path.write_text(tuned_study("optuna", steps=60, samples=3).replace('scheduler = "asha"', 'searcher = "optuna"'))
+    code, out = finish(start(["run", str(path), "--results", str(tmp_path / "res"), "--num-cpus", "2"], ray_tmp))
+    assert code == 0, out
+    summary = check_complete(tmp_path / "res" / "optuna", 60, samples=3)
+    assert sorted(r["trial_id"] for r in summary if r["phase"] == "search") == sorted(
+        f"adding-{v}-search{i:03d}" for v in VARIANTS for i in range(3))
