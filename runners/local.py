@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.study import Study, Trial, load_study
-from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, study_root, train_trial, written_end
+from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, recorded_point, study_root, train_trial, \
+    written_end
 from suite.core.errors import SuiteError
 
 TUNE_DIR = "tune"
@@ -168,7 +169,8 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     started = time.monotonic()
     with connect(address, num_cpus) as session:
         described = check_resources(study.resources.cpu, study.resources.gpu)
-        print(f"study {study.name}: {len(trials)} trials on {described} ({'embedded' if session.embedded else session.address}); "
+        count = len(trials) + (len(study.variants) * len(study.tasks) * study.search.samples if study.search else 0)
+        print(f"study {study.name}: {count} trials on {described} ({'embedded' if session.embedded else session.address}); "
               f"results in {root}", flush=True)
         if study.search is not None:
             from runners.phases import run_phases
@@ -285,9 +287,11 @@ def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> 
         if o.status in DONE:
             continue
         m = o.metrics
+        # A tuned study's trial records its point as its own rows do (reports.load tells arms by it).
+        config = o.trial.config.to_dict() | (recorded_point(o.trial.phase, o.trial.grid) if o.trial.phase else {})
         row = dict(o.trial.keys(study.name), status=o.status, error=o.error, metric=_task_metric(o.trial.task),
                    best_valid=_float(m.get("best_valid")), valid_at_last=_float(m.get("valid")),
-                   steps=m.get("step"), config_json=json.dumps(o.trial.config.to_dict(), sort_keys=True),
+                   steps=m.get("step"), config_json=json.dumps(config, sort_keys=True),
                    env_json=json.dumps(environment(), sort_keys=True))
         write_table(to_table([row], SUMMARY), root, "summary", o.trial.trial_id)
 

@@ -28,7 +28,7 @@ from runners.local import TUNE_DIR, Outcome, _exists, _read_text, _task_metric, 
     outcomes_of, restore_tuner
 from runners.study import Study, Trial, search_trial_id, tuned_trial_id
 from runners.trainable import GRID, PHASE, RESULTS, SAMPLE, SEED, STUDY, TASK, TUNED, VARIANT, name_index, \
-    trial_identity
+    recorded_point, trial_identity
 from suite.core.errors import SuiteError
 
 BEST_FILE = "best.json"
@@ -119,7 +119,7 @@ def write_stopped(root: str, study_dict: dict[str, Any], config: dict[str, Any],
                valid_at_last=next((r["value"] for r in curve if r["split"] == "valid" and r["step"] == step), None),
                train_at_best=train[best["step"]]["value"] if best and best["step"] in train else None,
                steps=step, train_seconds=last["train_seconds"] if last else None,
-               config_json=json.dumps(trial.config.to_dict() | {"grid": point}, sort_keys=True),
+               config_json=json.dumps(trial.config.to_dict() | recorded_point("search", point), sort_keys=True),
                env_json=json.dumps(environment(), sort_keys=True))
     write_table(to_table([row], SUMMARY), root, "summary", trial_id)
 

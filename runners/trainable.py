@@ -52,6 +52,12 @@ def trial_identity(params: Mapping[str, Any], index: int | None = None) -> tuple
     return make_trial_id(params[TASK], params[VARIANT], params[SEED], params[GRID]), params[SEED], dict(params[GRID])
 
 
+def recorded_point(phase: str | None, point: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a trial's config record keeps its point: under "grid" (search trials and grid studies: it tells
+    arms apart), under "tuned" for final trials (one arm per variant, compared at its own tuned settings)."""
+    return {"tuned" if phase == "final" else "grid": dict(point)}
+
+
 def name_index(name: str) -> int | None:
     """The sample index in a search trial's name (`...-search007` -> 7), else None."""
     head, _, digits = name.rpartition("-search")
@@ -172,10 +178,8 @@ def train_trial(params: dict[str, Any]) -> None:
     result = fit(task, config, on_report=on_report, resume=resume)
     fit_seconds = time.perf_counter() - started
     summary = dict(result.summary)
-    # The searched point goes under "grid" for search trials (it tells them apart) but under "tuned" for
-    # final trials: those are one arm per variant, compared with lstm at its own tuned settings.
-    where_point = {"tuned": dict(trial.grid)} if phase == "final" else {"grid": dict(trial.grid)}
-    write_run(root, keys, rows, summary, config.to_dict() | {"task_facts": task.describe()} | where_point,
+    write_run(root, keys, rows, summary,
+              config.to_dict() | {"task_facts": task.describe()} | recorded_point(phase, trial.grid),
               result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
                                      "hostname": socket.gethostname()})
     tune.report(final_metrics(summary | {"status": result.status}, config.train.steps, fit_seconds))
