@@ -4,7 +4,6 @@ Dodge et al.'s estimator against brute force, old result files, and the report s
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import statistics
