@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.load import BASELINE, Study
+from reports.load import BASELINE, StudyTables
 from reports.stats import summarize
 
 DEFAULT_FRACTION = 0.95
@@ -45,7 +45,7 @@ class TrialSpeed:
     auc: float
 
 
-def valid_points(study: Study) -> pa.Table:
+def valid_points(study: StudyTables) -> pa.Table:
     """Finite validation points of summarized trials, sorted by trial and step."""
     empty = pa.table({"trial_id": pa.array([], pa.string()), "step": pa.array([], pa.int64()),
                       "value": pa.array([], pa.float64()), "train_seconds": pa.array([], pa.float64())})
@@ -62,7 +62,7 @@ def _codes(points: pa.Table, ids: list[str]) -> np.ndarray:
     return pc.index_in(points["trial_id"], value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
 
 
-def task_target(study: Study, task: str, fraction: float = DEFAULT_FRACTION,
+def task_target(study: StudyTables, task: str, fraction: float = DEFAULT_FRACTION,
                 given: float | None = None) -> Target | None:
     """The task's target: `given`, else a fraction of the best mean LSTM validation result."""
     trials = [t for t in study.trials.values() if t.task == task]

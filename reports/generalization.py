@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports.load import Study, Trial
+from reports.load import StudyTables, TrialSummary
 from reports.stats import Summary, summarize
 
 
-def gap(trials: list[Trial]) -> Summary:
+def gap(trials: list[TrialSummary]) -> Summary:
     """Train/validation gap at the best step over finished trials (positive = valid worse than train)."""
     values = []
     for t in trials:
@@ -30,7 +30,7 @@ def gap(trials: list[Trial]) -> Summary:
     return summarize(values)
 
 
-def length_table(study: Study, task: str) -> pa.Table | None:
+def length_table(study: StudyTables, task: str) -> pa.Table | None:
     """Mean/std/count over seeds of the lengths table for one task: arm, checkpoint, split, length."""
     if study.lengths is None:
         return None

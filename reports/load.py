@@ -88,7 +88,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrialSummary:
     """One trial's summary row, reduced to what the report needs; `arm` is its variant plus grid settings."""
 
     trial_id: str
@@ -103,7 +103,7 @@ class Trial:
 
 
 @dataclass
-class Study:
+class StudyTables:
     """The tables of one study and its trials grouped into (task, arm)."""
 
     name: str
@@ -112,10 +112,10 @@ class Study:
     curve: pa.Table | None
     lengths: pa.Table | None
     throughput: pa.Table | None
-    trials: dict[str, Trial] = field(default_factory=dict)
+    trials: dict[str, TrialSummary] = field(default_factory=dict)
     # Search-phase trials of a tuned study (runners.phases): read by reports.tuning only; `trials`,
     # `summary` and `curve` hold the rest (the final comparison), so every other section is unchanged.
-    search: dict[str, Trial] = field(default_factory=dict)
+    search: dict[str, TrialSummary] = field(default_factory=dict)
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""
@@ -135,7 +135,7 @@ class Study:
         rank = {v: i for i, v in enumerate(ordered((t.variant for t in trials), VARIANT_ORDER))}
         return [a for _, _, a in sorted({(rank[t.variant], t.settings, t.arm) for t in trials})]
 
-    def trials_of(self, task: str, arm: str, finished: bool = False) -> list[Trial]:
+    def trials_of(self, task: str, arm: str, finished: bool = False) -> list[TrialSummary]:
         """Trials of one arm sorted by seed then id; only finished ones when asked."""
         out = [t for t in self.trials.values() if t.task == task and t.arm == arm
                and (not finished or t.status == "finished")]
@@ -192,7 +192,7 @@ def _arms(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], 
     return out
 
 
-def load_study(study_dir: str | Path) -> Study:
+def load_study(study_dir: str | Path) -> StudyTables:
     """Read and check every table of a study directory; SuiteError when it holds no results."""
     text = str(study_dir)
     if text.startswith("file://"):
@@ -211,14 +211,14 @@ def load_study(study_dir: str | Path) -> Study:
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
     summary, curve = (_without_search(tables[n]) for n in ("summary", "curve"))
-    study = Study(name, path, summary, curve, tables["lengths"], tables["throughput"])
+    study = StudyTables(name, path, summary, curve, tables["lengths"], tables["throughput"])
     for source, target in ((summary, study.trials), (_search_only(tables["summary"]), study.search)):
         if source is None:
             continue
         rows = source.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):
-            target[row["trial_id"]] = Trial(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
-                                            arm, settings, row["status"] or "unknown", row["error"] or "", row)
+            target[row["trial_id"]] = TrialSummary(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
+                                                   arm, settings, row["status"] or "unknown", row["error"] or "", row)
     return study
 
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from reports import convergence, generalization, tuning
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import figures as flow_figures
-from reports.load import BASELINE, TASK_ORDER, Study, load_study, ordered, read_folder
+from reports.load import BASELINE, TASK_ORDER, StudyTables, load_study, ordered, read_folder
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
@@ -104,10 +104,10 @@ def _difference(fmt: Fmt, mine: list[float], base: list[float]) -> str:
     return f"{fmt.num(d.diff, signed=True)} [{fmt.num(d.low, signed=True)}, {fmt.num(d.high, signed=True)}]{mark}"
 
 
-class Report:
+class MarkdownReport:
     """Builds the markdown of one study, drawing figures into `folder` with names prefixed by `prefix`."""
 
-    def __init__(self, study: Study, folder: Path, prefix: str, bench: BenchmarkRun | None,
+    def __init__(self, study: StudyTables, folder: Path, prefix: str, bench: BenchmarkRun | None,
                  fraction: float, targets: Mapping[str, float]):
         self.study, self.folder, self.prefix = study, folder, prefix
         self.bench, self.fraction, self.targets = bench, fraction, dict(targets)
@@ -399,7 +399,7 @@ def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | 
     bench = read_benchmark_json(benchmark_json) if benchmark_json else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # only once the study has loaded: bad input creates nothing
-    report = Report(study, out.parent, out.stem, bench, fraction, targets or {})
+    report = MarkdownReport(study, out.parent, out.stem, bench, fraction, targets or {})
     return report.build()
 
 

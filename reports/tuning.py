@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from reports.load import Study, Trial, VARIANT_ORDER, ordered
+from reports.load import VARIANT_ORDER, StudyTables, TrialSummary, ordered
 from reports.plots import _colors, _save
 
 
@@ -45,7 +45,7 @@ def expected_best(values: Sequence[float], n: int, mode: str = "max") -> tuple[f
     return sign * mean, math.sqrt(var)
 
 
-def searched_keys(trials: Sequence[Trial]) -> dict[str, bool]:
+def searched_keys(trials: Sequence[TrialSummary]) -> dict[str, bool]:
     """The searched keys of some trials -> whether their space was log-scaled (from the study record)."""
     keys: dict[str, bool] = {}
     for t in trials:
@@ -54,7 +54,7 @@ def searched_keys(trials: Sequence[Trial]) -> dict[str, bool]:
     return dict(sorted(keys.items()))
 
 
-def _point(t: Trial) -> dict:
+def _point(t: TrialSummary) -> dict:
     try:
         config = json.loads(t.row["config_json"] or "{}")
     except json.JSONDecodeError:
@@ -63,7 +63,7 @@ def _point(t: Trial) -> dict:
     return grid if isinstance(grid, dict) else {}
 
 
-def _value(t: Trial, mode: str) -> float:
+def _value(t: TrialSummary, mode: str) -> float:
     v = t.row.get("best_valid")
     if t.status in ("finished", "stopped") and v is not None and math.isfinite(v):
         return float(v)
@@ -90,7 +90,7 @@ def budget_figure(task: str, curves: dict[str, list[tuple[float, float]]], ylabe
     return _save(fig, path)
 
 
-def sensitivity_figure(task: str, trials: Sequence[Trial], keys: dict[str, bool], ylabel: str,
+def sensitivity_figure(task: str, trials: Sequence[TrialSummary], keys: dict[str, bool], ylabel: str,
                        scale: Callable[[float], float], path: Path) -> Path:
     """Best validation metric of each search trial against each searched key (one panel per key); filled
     markers for finished trials, hollow for those ASHA stopped; log axis for log-scaled spaces."""
@@ -145,7 +145,7 @@ def section(report, task: str) -> None:
     """Append the tuning section of one task to a reports.render.Report (its lines, figures and helpers)."""
     from reports.render import _table, metric_format
 
-    s: Study = report.study
+    s: StudyTables = report.study
     trials = [t for t in s.search.values() if t.task == task]
     metric, mode = next(((t.row["metric"], t.row["mode"]) for t in sorted(trials, key=lambda t: t.trial_id)
                          if t.row["metric"] and t.row["mode"] in ("max", "min")), ("value", "max"))

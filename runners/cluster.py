@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
+
 from suite.core.errors import SuiteError
 
 # What `ray job submit --working-dir .` must not upload (also listed in the repo's .rayignore).
@@ -111,8 +113,6 @@ def runtime_env() -> dict:
 
 def processes_of(temp_dir: str) -> list:
     """Every live process whose command line mentions `temp_dir`, with their children."""
-    import psutil
-
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -127,8 +127,6 @@ def processes_of(temp_dir: str) -> list:
 
 def stop_processes(procs: list, grace: float = 5.0) -> None:
     """SIGTERM the given processes, then SIGKILL whatever is left after `grace` seconds."""
-    import psutil
-
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.terminate()

@@ -18,10 +18,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyarrow import fs as pafs
+
+from runners.cluster import check_resources, connect
 from runners.study import Study, Trial, load_study
 from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, recorded_point, study_root, train_trial, \
     written_end
 from suite.core.errors import SuiteError
+from suite.core.provenance import environment
+from suite.core.results import SUMMARY, check_writable, filesystem, to_table, write_table
+from tasks.base import create, get_task_class
 
 TUNE_DIR = "tune"
 # Tune's own console output is replaced by runners.progress; its snapshot warnings are noise
@@ -66,17 +72,11 @@ def plan(study: Study, trials: Sequence[Trial]) -> str:
 
 
 def _exists(location: str) -> bool:
-    from pyarrow import fs as pafs
-
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _read_text(location: str) -> str | None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as fh:
@@ -86,8 +86,6 @@ def _read_text(location: str) -> str | None:
 
 
 def _write_text(location: str, text: str) -> None:
-    from suite.core.results import filesystem
-
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as fh:
         fh.write(text.encode())
@@ -95,9 +93,7 @@ def _write_text(location: str, text: str) -> None:
 
 def prepare_root(root: str, study: Study, resume: bool) -> None:
     """Refuse to mix two runs of a study in one place; record the study being run."""
-    from ray import tune
-
-    from suite.core.results import filesystem
+    from ray import tune  # Ray loads only when a study runs (--dry-run never needs it)
 
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
@@ -151,9 +147,6 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
         else:
             print(plan(study, trials))
         return StudyRun(0)
-    from suite.core.results import check_writable
-    from tasks.base import create
-
     results = _absolute(results)
     root = study_root(results, study.name)
     check_writable(results)
@@ -162,8 +155,6 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
             config = next(t.config for t in trials if t.task == name)
             create(config.task.name, config.task.options, config.data.dir, config.data.path).prepare()
     prepare_root(root, study, resume)
-    from runners.cluster import check_resources, connect
-
     for key, value in QUIET_TUNE.items():
         os.environ.setdefault(key, value)
     started = time.monotonic()
@@ -273,16 +264,11 @@ def outcomes_of(grid, trial_of: Callable[[str, dict[str, Any]], Trial | None], r
 
 
 def _task_metric(name: str) -> str:
-    from tasks.base import get_task_class
-
     return get_task_class(name).metric
 
 
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
-    from suite.core.provenance import environment
-    from suite.core.results import SUMMARY, to_table, write_table
-
     for o in outcomes:
         if o.status in DONE:
             continue

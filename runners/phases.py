@@ -5,7 +5,7 @@
    budget), drawn by the random searcher (seeded, as a grid of pre-drawn points) or by
    Optuna's TPE through Tune's OptunaSearch, optionally with ASHA (Li et al. 2020) on the
    task's validation metric at evaluation points. A trial ASHA stops gets a summary row
-   with status `stopped`, written by the driver at the moment of the decision.
+   with status `stopped`, written by the driver at the moment of the decision (runners.asha).
 2. Final: each variant's best search configuration by *validation* (never test), read back
    from the written summary rows, re-run on the study's seeds (`tune/final`), as a plain
    study's grid.
@@ -22,13 +22,11 @@ import json
 import math
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-from runners.local import TUNE_DIR, Outcome, _exists, _read_text, _task_metric, _write_text, new_tuner, \
+from runners.local import TUNE_DIR, Outcome, _exists, _read_text, _write_text, new_tuner, \
     outcomes_of, restore_tuner
 from runners.study import Study, Trial, search_trial_id, tuned_trial_id
 from runners.trainable import GRID, PHASE, RESULTS, SAMPLE, SEED, STUDY, TASK, TUNED, VARIANT, name_index, \
-    recorded_point, trial_identity
+    trial_identity
 from suite.core.errors import SuiteError
 
 BEST_FILE = "best.json"
@@ -66,26 +64,6 @@ def budget(study: Study) -> str:
     return "\n".join(lines)
 
 
-class StoppingASHA(ASHAScheduler):
-    """ASHA that writes a `stopped` summary row for each trial it stops, and never stops a trial at its
-    last evaluation (that trial finishes by itself and writes its own tables, test scores included)."""
-
-    def __init__(self, root: str, study: dict[str, Any], **kwargs: Any):
-        super().__init__(**kwargs)
-        self.root, self.study = root, study
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        """ASHA's decision at an evaluation point; a stop is recorded before Tune acts on it."""
-        if result.get("step", 0) >= result.get("total_steps", math.inf) or result.get("status") != "running":
-            return TrialScheduler.CONTINUE
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP:
-            from runners.progress import trial_name
-
-            write_stopped(self.root, self.study, trial.config, trial_name(trial), int(result["step"]))
-        return decision
-
-
 def _study_trial(study: Study, name: str, config: dict[str, Any], phase: str) -> Trial | None:
     """The study's Trial of a Tune trial of a phase (None when the config cannot tell it)."""
     if config.get(PHASE) != phase:
@@ -95,33 +73,16 @@ def _study_trial(study: Study, name: str, config: dict[str, Any], phase: str) ->
     return dataclasses.replace(trial, trial_id=trial_id, phase=phase)
 
 
-def write_stopped(root: str, study_dict: dict[str, Any], config: dict[str, Any], name: str, step: int) -> None:
-    """The summary row of a trial ASHA stopped after `step`, from its curve rows up to that step."""
-    from runners.study import from_dict
-    from suite.core.provenance import environment
-    from suite.core.results import CURVE, SUMMARY, read_trial_rows, to_table, write_table
+def trim_curve(root: str, trial_id: str, step: int) -> list[dict[str, Any]]:
+    """Drop a stopped trial's curve rows after `step` (the trial trains on while the driver decides, and
+    can write one more evaluation before Tune ends it); returns the rows kept."""
+    from suite.core.results import CURVE, read_trial_rows, to_table, write_table
 
-    study = from_dict(study_dict)
-    trial_id, seed, point = trial_identity(config, name_index(name))
-    trial = study.resolve_trial(config[TASK], config[VARIANT], seed, point)
-    mode = _mode(trial.task)
-    curve = [r for r in read_trial_rows(root, "curve", trial_id) if r["step"] <= step]
-    # Rows of evaluations after the decision (the trial trains on while the driver decides) are dropped.
-    write_table(to_table(curve, CURVE), root, "curve", trial_id)
-    valid = [r for r in curve if r["split"] == "valid" and r["value"] is not None and math.isfinite(r["value"])]
-    best = (max if mode == "max" else min)(valid, key=lambda r: r["value"]) if valid else None
-    train = {r["step"]: r for r in curve if r["split"] == "train"}
-    last = max(curve, key=lambda r: r["step"]) if curve else None
-    row = dict(dataclasses.replace(trial, trial_id=trial_id, phase="search").keys(study.name),
-               status="stopped", error=f"stopped by ASHA at step {step}", metric=_task_metric(trial.task),
-               mode=mode, stats_mode=last["stats_mode"] if last else None,
-               best_step=best["step"] if best else None, best_valid=best["value"] if best else None,
-               valid_at_last=next((r["value"] for r in curve if r["split"] == "valid" and r["step"] == step), None),
-               train_at_best=train[best["step"]]["value"] if best and best["step"] in train else None,
-               steps=step, train_seconds=last["train_seconds"] if last else None,
-               config_json=json.dumps(trial.config.to_dict() | recorded_point("search", point), sort_keys=True),
-               env_json=json.dumps(environment(), sort_keys=True))
-    write_table(to_table([row], SUMMARY), root, "summary", trial_id)
+    rows = read_trial_rows(root, "curve", trial_id)
+    kept = [r for r in rows if r["step"] <= step]
+    if len(kept) < len(rows):
+        write_table(to_table(kept, CURVE), root, "curve", trial_id)
+    return kept
 
 
 def _fit_experiment(study: Study, root: str, name: str, resume: bool, phase: str, fresh) -> list[Outcome]:
@@ -130,7 +91,11 @@ def _fit_experiment(study: Study, root: str, name: str, resume: bool, phase: str
 
     path = f"{root}/{TUNE_DIR}/{name}"
     tuner = restore_tuner(study, path) if resume and tune.Tuner.can_restore(path) else fresh()
-    return outcomes_of(tuner.fit(), lambda n, config: _study_trial(study, n, config, phase), root)
+    outcomes = outcomes_of(tuner.fit(), lambda n, config: _study_trial(study, n, config, phase), root)
+    for o in outcomes:  # the experiment is over: no stopped trial can write again
+        if o.status == "stopped" and isinstance(o.metrics.get("step"), int):
+            trim_curve(root, o.trial.trial_id, o.metrics["step"])
+    return outcomes
 
 
 def search_experiment(study: Study, task: str, variant: str, results: str, root: str, resume: bool) -> list[Outcome]:
@@ -155,6 +120,8 @@ def search_experiment(study: Study, task: str, variant: str, results: str, root:
         # best_valid: the trial's best validation value so far (a stopped trial's too).
         extra.update(search_alg=OptunaSearch(metric="best_valid", mode=mode, seed=s.seed), num_samples=s.samples)
     if s.scheduler == "asha":
+        from runners.asha import StoppingASHA  # imports Ray: only when a study runs
+
         extra["scheduler"] = StoppingASHA(root, study.to_dict(), time_attr="step", metric="valid", mode=mode,
                                           grace_period=s.grace_steps, reduction_factor=s.reduction_factor,
                                           max_t=steps)

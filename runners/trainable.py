@@ -22,6 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from runners.study import from_dict
+from suite.core.provenance import write_run
+from suite.core.results import CURVE, read_trial_row, to_table, write_table
+from suite.core.train import Evaluation, fit
+from tasks.base import create
+
 # Keys of the dict Tune passes to a trial (`param_space` in runners.local and runners.phases).
 STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
 # Tuned studies (runners.phases): the phase; a search trial's sample {"index": i, "point": {...}} (the
@@ -107,8 +115,6 @@ def final_metrics(summary: Mapping[str, Any], total_steps: int, fit_seconds: flo
 def written_end(root: str, trial_id: str, total_steps: int) -> dict[str, Any] | None:
     """The last report of a trial whose own summary says it ended (finished or diverged); else None.
     The driver takes its status from it, and a restarted trial reports it (module doc)."""
-    from suite.core.results import read_trial_row
-
     written = read_trial_row(root, "summary", trial_id)
     if written is None or written["status"] not in DONE:
         return None
@@ -124,15 +130,8 @@ def merge_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
 
 def train_trial(params: dict[str, Any]) -> None:
     """Tune function trainable: resolve the trial's config, fit with checkpoints, write its tables."""
-    import ray
-    import torch
+    import ray  # Ray loads only where a trial runs: the driver's --dry-run and plan never start it
     from ray import tune
-
-    from runners.study import from_dict
-    from suite.core.provenance import write_run
-    from suite.core.results import CURVE, to_table, write_table
-    from suite.core.train import Report, fit
-    from tasks.base import create
 
     study = from_dict(params[STUDY])
     phase = params.get(PHASE)
@@ -159,7 +158,7 @@ def train_trial(params: dict[str, Any]) -> None:
         rows, resume = saved["rows"], saved["fit"]
         stopper.load(saved["stopper"])
 
-    def on_report(report: Report) -> bool:
+    def on_report(report: Evaluation) -> bool:
         nonlocal rows
         rows = merge_rows(rows, [dict(keys, **row) for row in report.rows])
         # The curve so far, rewritten whole (atomically): readable while the study runs.

@@ -3,8 +3,8 @@
 A task declares its shape (input size, output size, sequence length = BN's T_max, vocabulary
 for token inputs), its judgement (metric, mode, score as sums and counts so validation and
 test metrics are exact over the whole split) and its paper settings, and hands out batches.
-Built-in tasks are listed in `_BUILTIN`; outside packages add tasks through the entry-point
-group `recnorm.tasks` (`name = "package.module:TaskClass"`).
+Built-in tasks are listed in `tasks.catalog.BUILTIN`; outside packages add tasks through the
+entry-point group `recnorm.tasks` (`name = "package.module:TaskClass"`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch.nn import functional as F
 
 from suite.core.config import build_dataclass
 from suite.core.errors import ConfigError
+from suite.core.model import SequenceModel
+from tasks.catalog import BUILTIN, ENTRY_POINT_GROUP, Listing
 
-ENTRY_POINT_GROUP = "recnorm.tasks"
 DATA_DIR_ENV = "RECNORM_DATA_DIR"
 
 
@@ -145,8 +146,6 @@ class Task:
         A task with its own architecture (e.g. an attentive reader) returns a module with the
         same call contract: `model(batch, state=None, time_offset=0) -> (logits, state)`.
         """
-        from suite.core.model import SequenceModel
-
         return SequenceModel(self, config)
 
     def head(self, hidden_size: int) -> nn.Module:
@@ -180,16 +179,6 @@ def batch_indices(size: int, batch_size: int, split: str, seed: int, epoch: int)
 
 
 _REGISTRY: dict[str, type[Task]] = {}
-_BUILTIN = {
-    "adding": "tasks.synthetic:AddingTask",
-    "copy": "tasks.synthetic:CopyTask",
-    "smnist": "tasks.mnist:SequentialMNIST",
-    "pmnist": "tasks.mnist:PermutedMNIST",
-    "sfmnist": "tasks.mnist:SequentialFashionMNIST",
-    "ptb_char": "tasks.ptb_char:PTBChar",
-    "text8": "tasks.text8:Text8",
-    "cnn_qa": "tasks.cnn_qa:CNNQA",
-}
 
 
 def register(cls: type[Task]) -> type[Task]:
@@ -212,9 +201,14 @@ def _import(target: str, origin: str) -> type[Task]:
 
 def registry() -> dict[str, type[Task]]:
     """All tasks: built-ins plus those from the `recnorm.tasks` entry points."""
-    for name, target in _BUILTIN.items():
+    for name, listing in BUILTIN.items():
         if name not in _REGISTRY:
-            register(_import(target, f"built-in {name!r}"))
+            cls = _import(listing.target, f"built-in {name!r}")
+            said = Listing(listing.target, cls.metric, cls.mode, cls.description)
+            if cls.name != name or said != listing:
+                raise ConfigError(f"built-in task {name!r}: tasks/catalog.py lists {listing}, the class says "
+                                  f"name={cls.name!r}, {said}; make them agree")
+            register(cls)
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name not in _REGISTRY:
             cls = _import(entry.value, f"entry point {entry.name!r}")

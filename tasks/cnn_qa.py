@@ -38,6 +38,7 @@ from suite.core.errors import ConfigError, DataError
 from tasks.base import Batch, DataStatus, Score, Task, register
 from tasks.cnn_qa_data import (ARRAY_NAMES, ENTITY0, ON_ERROR, SPLITS, build_cache, questions_root,
                                source_paths)
+from tasks.cnn_qa_model import AttentiveReader
 from tasks.data import Fetch, Remote, SplitCache, download
 
 FOLDER = "cnn_qa"
@@ -312,8 +313,6 @@ class CNNQA(Task):
     # -- model and judgement ---------------------------------------------------------------------
     def build_model(self, config: Any) -> nn.Module:
         """The Attentive Reader with encoders of the configured variant."""
-        from tasks.cnn_qa_model import AttentiveReader
-
         return AttentiveReader(self, config)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -1,20 +1,16 @@
-"""The sequence layer shared by every variant: `torch.nn.LSTM`'s call signature, the only time loop.
+"""The recurrent stack shared by every own-loop variant, called like `torch.nn.LSTM` (plus `lengths`, `time_offset`).
 
-An `LSTMLayer` holds W_x, W_h, b and three norm slots (see `suite.core.cells.norms`):
-
-    gates = norm_h(W_h h_{t-1}) + norm_x(W_x x_t) + b          (i, f, g, o as in torch.nn.LSTM)
-    c_t   = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-    h_t   = sigmoid(o) * tanh(norm_c(c_t))
-
-which is Cooijmans et al. (2016), Eq. 6-8, when the norms are per-step batch norms, and the
-plain LSTM when they are identities. The input term is computed for all steps before the
-loop (one matmul, one vectorized normalization). With `lengths`, padded steps leave the
-state unchanged, output zeros and are masked out of every statistic.
+A stack holds layers (`suite.core.cell.LSTMLayer`) in torch.nn.LSTM's order and runs them
+level by level, each direction on its own (the reverse one on time-reversed sequences),
+with dropout between levels. `Recurrent` (`impl = "reference"`) runs every layer on the
+cell's own time loop; `LoopRecurrent` (`impl = "fast"`) runs each layer on the backend that
+`suite.core.backends.choose` picks, and the whole stack on the reference loop when some layer
+has no faster backend (so both see the same random draws). Parameters, buffers and
+state_dict are the same for both, so a model swaps `impl` freely.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,79 +18,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite.core.cells.norms import Identity
+from suite.core import backends
+from suite.core.backends import reference
+from suite.core.cell import LSTMOptions
+from suite.core.errors import ConfigError
+
+IMPLS = ("reference", "fast")
 
 
 @dataclass(frozen=True)
-class LSTMOptions:
-    """Options every own-loop variant shares (authors' defaults)."""
+class ImplOptions(LSTMOptions):
+    """LSTM options plus which implementation runs: "reference" (the cell's own time loop) or "fast"."""
 
-    forget_bias: float = 1.0
-    learn_init: bool = True
-    h0_noise: float = 0.0
+    impl: str = "fast"  # or "reference": the straightforward loop of suite.core.cell, same parameters
 
 
-class LSTMLayer(nn.Module):
-    """One LSTM layer, one direction, with pluggable normalizations of its three terms."""
-
-    def __init__(self, input_size: int, hidden_size: int, options: LSTMOptions,
-                 norm_x: nn.Module | None = None, norm_h: nn.Module | None = None,
-                 norm_c: nn.Module | None = None):
-        super().__init__()
-        self.input_size, self.hidden_size, self.options = input_size, hidden_size, options
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
-        self.norm_x = norm_x or Identity()
-        self.norm_h = norm_h or Identity()
-        self.norm_c = norm_c or Identity()
-        init = torch.zeros(2, hidden_size)
-        if options.learn_init:
-            self.init_state = nn.Parameter(init)
-        else:
-            self.register_buffer("init_state", init)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """torch.nn.LSTM's uniform init for weights; forget-gate bias set to `forget_bias`."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            self.weight_ih.uniform_(-bound, bound)
-            self.weight_hh.uniform_(-bound, bound)
-            self.bias.zero_()
-            self.bias[self.hidden_size:2 * self.hidden_size].fill_(self.options.forget_bias)
-
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h0, c0) for a batch: the learned initial state, with optional noise on h0 in training."""
-        h0, c0 = self.init_state.unsqueeze(1).expand(2, batch, self.hidden_size).unbind(0)
-        if self.training and self.options.h0_noise > 0:
-            h0 = h0 + self.options.h0_noise * torch.randn_like(h0)
-        return h0, c0
-
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None = None, time_offset: int = 0):
-        """Run the layer over x (T, B, F); returns outputs (T, B, H) and the final (h, c)."""
-        w_ih, w_hh = self.weight_ih, self.weight_hh  # read once: a weight-norm reparametrization runs here only
-        xg = self.norm_x.sequence(F.linear(x, w_ih), mask, time_offset) + self.bias
-        w_hh_t = w_hh.t()
-        h, c = state
-        masks = mask.unsqueeze(-1).unbind(0) if mask is not None else [None] * x.shape[0]
-        outputs = []
-        # unbind, not xg[t]: indexing makes the backward pass quadratic in T.
-        for step, (xg_t, keep) in enumerate(zip(xg.unbind(0), masks)):
-            t = time_offset + step
-            m_t = None if keep is None else keep.squeeze(-1)
-            gates = xg_t + self.norm_h.step(h.mm(w_hh_t), t, m_t)
-            i, f, g, o = gates.chunk(4, 1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(self.norm_c.step(c_new, t, m_t))
-            if keep is None:
-                h, c = h_new, c_new
-                outputs.append(h)
-            else:
-                h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
-                outputs.append(h_new * keep)
-        return torch.stack(outputs), (h, c)
+def stack_class(impl: str, fast: type[Recurrent], variant: str) -> type[Recurrent]:
+    """The Recurrent class for option `impl` of a variant: the reference or its fast path."""
+    if impl not in IMPLS:
+        raise ConfigError(f"{variant}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    return fast if impl == "fast" else Recurrent
 
 
 class Recurrent(nn.Module):
@@ -142,6 +85,51 @@ class Recurrent(nn.Module):
             x = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
         output = x.transpose(0, 1) if self.batch_first else x
         return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def initial_states(stack: Recurrent, hx, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h0, c0), each (num_layers, B, H): given, or each layer's learned initial state."""
+    if hx is not None:
+        return hx[0], hx[1]
+    states = [layer.initial_state(batch) for layer in stack.layers]
+    return torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
+
+
+class LoopRecurrent(Recurrent):
+    """A stack whose layers each run on the backend `suite.core.backends.choose` picks for them."""
+
+    def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
+        """Same contract as Recurrent.forward, which runs instead when some layer has no faster backend."""
+        x = input.transpose(0, 1) if self.batch_first else input
+        runners = [backends.choose(layer, x, masked=lengths is not None) for layer in self.layers]
+        if any(run is reference.run_layer for run in runners):
+            return super().forward(input, hx, lengths, time_offset)  # the whole stack on the reference loop
+        directions = self.num_directions
+        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.num_layers * directions)
+        reverse = reversal_index(mask, x.shape[0], x.shape[1], x.device) if mask is not None else None
+        padding = {} if mask is None else {"mask": mask}
+        h0s, c0s = initial_states(self, hx, x.shape[1])
+        h_n, c_n = [], []
+        for level in range(self.num_layers):
+            if level > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            outputs = []
+            for direction in range(directions):  # torch.nn.LSTM's order: forward, then reverse
+                index = level * directions + direction
+                source = x if direction == 0 else _reversed(x, reverse)
+                out, (h, c) = runners[index](self.layers[index], source, h0s[index], c0s[index], time_offset,
+                                             **padding)
+                outputs.append(out if direction == 0 else _reversed(out, reverse))
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, -1) if directions > 1 else outputs[0]
+        output = x.transpose(0, 1) if self.batch_first else x
+        return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence reversed in time: a flip without padding, else the reference's reversal."""
+    return x.flip(0) if index is None else reverse_time(x, index)
 
 
 def reversal_index(mask: torch.Tensor | None, steps: int, batch: int, device) -> torch.Tensor:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -169,8 +170,6 @@ def read_trial_row(root: str, name: str, trial_id: str) -> dict[str, Any] | None
 
 def read_table(root: str, name: str) -> pa.Table:
     """Read one table of a results location, checking its schema version."""
-    import pyarrow.dataset as ds
-
     fs, base = filesystem(root)
     data = ds.dataset(f"{base}/{name}", filesystem=fs, format="parquet", schema=TABLES[name],
                       exclude_invalid_files=False)

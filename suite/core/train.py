@@ -31,13 +31,31 @@ REESTIMATE_SEED_OFFSET = 7919
 
 
 @dataclass
-class Report:
+class Evaluation:
     """What `fit` hands its callback after each evaluation."""
 
     step: int
     total_steps: int
     rows: list[dict[str, Any]]
     checkpoint: Callable[[], dict[str, Any]]
+
+
+@dataclass
+class LoopState:
+    """Where `fit`'s loop stands; saved (as a plain dict) in every checkpoint and restored on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0  # position in the epoch's batches
+    best: float | None = None  # best validation metric so far
+    best_step: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the model's state_dict at the best step (CPU)
+    train_at_best: float | None = None
+    last_valid: float | None = None
+    train_seconds: float = 0.0  # training time so far, evaluations excluded
+    examples: int = 0
+    # Training loss sum, metric sum and count since the last evaluation.
+    interval: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
 
 @dataclass
@@ -154,9 +172,9 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | None = None,
+def fit(task, config: RunConfig, on_report: Callable[[Evaluation], bool | None] | None = None,
         resume: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run; returns its curve rows and summary. `resume` is a checkpoint from a Report.
+    """Train one run; returns its curve rows and summary. `resume` is a checkpoint from an Evaluation.
 
     An `on_report` that returns True stops training there (early stopping); the run still ends
     with its summary and test metrics.
@@ -171,15 +189,13 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
                           f"leave eval_lengths empty")
     model = task.build_model(config.model).to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
-    s = {"step": 0, "epoch": 0, "batch_index": 0, "best": None, "best_step": None, "best_state": None,
-         "train_at_best": None, "last_valid": None, "train_seconds": 0.0, "examples": 0,
-         "interval": [0.0, 0.0, 0.0]}
+    s = LoopState()
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        s.update(resume["loop"])
+        s = LoopState(**resume["loop"])
         torch.set_rng_state(resume["rng"])
-    stream = _cycle(task, train.batch_size, train.seed, device, s["epoch"], s["batch_index"])
+    stream = _cycle(task, train.batch_size, train.seed, device, s.epoch, s.batch_index)
     stats_mode = train.eval_stats if batch_norms(model) else "none"
     curve: list[dict[str, Any]] = []
     status, error, started = "finished", None, time.perf_counter()
@@ -187,51 +203,50 @@ def fit(task, config: RunConfig, on_report: Callable[[Report], bool | None] | No
 
     def checkpoint() -> dict[str, Any]:
         return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "loop": copy.deepcopy(s), "rng": torch.get_rng_state()}
+                "loop": copy.deepcopy(vars(s)), "rng": torch.get_rng_state()}
 
-    while s["step"] < train.steps:
-        s["epoch"], s["batch_index"], batch = next(stream)
+    while s.step < train.steps:
+        s.epoch, s.batch_index, batch = next(stream)
         tick = time.perf_counter()
         loss, logits, grad_norm = train_step(model, task, batch, optimizer, config.optim.clip)
-        s["train_seconds"] += time.perf_counter() - tick
-        s["step"] += 1
-        s["examples"] += batch.size
+        s.train_seconds += time.perf_counter() - tick
+        s.step += 1
+        s.examples += batch.size
         # A non-finite gradient is no update at all: going on would report a run that never trained.
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             status = "diverged"
             error = (f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}") + \
-                f" at step {s['step']}"
+                f" at step {s.step}"
             say(f"{error}; run diverged")
             break
         score = task.score(logits.detach(), batch)
-        s["interval"] = [s["interval"][0] + score.loss_sum, s["interval"][1] + score.metric_sum,
-                         s["interval"][2] + score.count]
-        if train.log_every and s["step"] % train.log_every == 0:
-            say(f"step {s['step']}/{train.steps} loss {loss:.4f}")
-        if s["step"] % train.eval_every and s["step"] != train.steps:
+        s.interval = [s.interval[0] + score.loss_sum, s.interval[1] + score.metric_sum, s.interval[2] + score.count]
+        if train.log_every and s.step % train.log_every == 0:
+            say(f"step {s.step}/{train.steps} loss {loss:.4f}")
+        if s.step % train.eval_every and s.step != train.steps:
             continue
         rows = _evaluate_interval(model, task, config, device, s, stats_mode, curve)
         valid = rows[-1]["value"]
-        if _better(valid, s["best"], task.mode):
-            s.update(best=valid, best_step=s["step"], train_at_best=rows[0]["value"],
-                     best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
-        say(f"step {s['step']}/{train.steps} train loss {rows[0]['loss']:.4f} valid {task.metric} {valid:.4f} "
-            f"(best {s['best'] if s['best'] is not None else float('nan'):.4f}) {s['train_seconds']:.1f}s")
-        if on_report and on_report(Report(s["step"], train.steps, rows, checkpoint)):
+        if _better(valid, s.best, task.mode):
+            s.best, s.best_step, s.train_at_best = valid, s.step, rows[0]["value"]
+            s.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        say(f"step {s.step}/{train.steps} train loss {rows[0]['loss']:.4f} valid {task.metric} {valid:.4f} "
+            f"(best {s.best if s.best is not None else float('nan'):.4f}) {s.train_seconds:.1f}s")
+        if on_report and on_report(Evaluation(s.step, train.steps, rows, checkpoint)):
             break
     lengths: list[dict[str, Any]] = []
     summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths) | {"error": error}
     return RunResult(status, curve, summary, lengths)
 
 
-def _evaluate_interval(model, task, config: RunConfig, device, s: dict, stats_mode: str,
+def _evaluate_interval(model, task, config: RunConfig, device, s: LoopState, stats_mode: str,
                        curve: list) -> list[dict[str, Any]]:
     """Curve rows for the training interval just ended and for the validation split."""
-    loss_sum, metric_sum, count = s["interval"]
-    s["interval"] = [0.0, 0.0, 0.0]
+    loss_sum, metric_sum, count = s.interval
+    s.interval = [0.0, 0.0, 0.0]
     valid_metric, valid_loss = evaluate(model, task, "valid", config.train, device)
-    s["last_valid"] = valid_metric
-    base = {"step": s["step"], "metric": task.metric, "train_seconds": s["train_seconds"], "examples": s["examples"]}
+    s.last_valid = valid_metric
+    base = {"step": s.step, "metric": task.metric, "train_seconds": s.train_seconds, "examples": s.examples}
     rows = [dict(base, split="train", value=metric_sum / max(count, 1), loss=loss_sum / max(count, 1),
                  stats_mode="batch" if stats_mode != "none" else "none"),
             dict(base, split="valid", value=valid_metric, loss=valid_loss, stats_mode=stats_mode)]
@@ -239,7 +254,7 @@ def _evaluate_interval(model, task, config: RunConfig, device, s: dict, stats_mo
     return rows
 
 
-def _summarize(model, task, config: RunConfig, device, s: dict, status: str, stats_mode: str,
+def _summarize(model, task, config: RunConfig, device, s: LoopState, status: str, stats_mode: str,
                started: float, lengths: list[dict[str, Any]]) -> dict[str, Any]:
     """Test metric at the last and at the best validation step (and at other lengths), and cost figures."""
     nan = float("nan")
@@ -247,8 +262,8 @@ def _summarize(model, task, config: RunConfig, device, s: dict, status: str, sta
     if status == "finished":
         test_at_last = evaluate(model, task, "test", config.train, device)[0]
     test_at_best = nan
-    if s["best_state"] is not None:
-        model.load_state_dict(s["best_state"])
+    if s.best_state is not None:
+        model.load_state_dict(s.best_state)
         test_at_best = evaluate(model, task, "test", config.train, device)[0]
         lengths.extend({"checkpoint": "best", "split": "test", "length": length, "metric": task.metric,
                         "value": evaluate(model, task, "test", config.train, device, length)[0],
@@ -256,11 +271,11 @@ def _summarize(model, task, config: RunConfig, device, s: dict, status: str, sta
                        for length in config.train.eval_lengths)
     return {
         "status": status, "metric": task.metric, "mode": task.mode, "stats_mode": stats_mode,
-        "best_step": s["best_step"], "best_valid": s["best"] if s["best"] is not None else nan,
-        "valid_at_last": s["last_valid"] if s["last_valid"] is not None else nan,
-        "train_at_best": s["train_at_best"] if s["train_at_best"] is not None else nan,
-        "test_at_best": test_at_best, "test_at_last": test_at_last, "steps": s["step"],
-        "train_seconds": s["train_seconds"], "wall_seconds": time.perf_counter() - started,
-        "examples_per_second": s["examples"] / s["train_seconds"] if s["train_seconds"] > 0 else nan,
+        "best_step": s.best_step, "best_valid": s.best if s.best is not None else nan,
+        "valid_at_last": s.last_valid if s.last_valid is not None else nan,
+        "train_at_best": s.train_at_best if s.train_at_best is not None else nan,
+        "test_at_best": test_at_best, "test_at_last": test_at_last, "steps": s.step,
+        "train_seconds": s.train_seconds, "wall_seconds": time.perf_counter() - started,
+        "examples_per_second": s.examples / s.train_seconds if s.train_seconds > 0 else nan,
         "num_params": sum(p.numel() for p in model.parameters()), "device": str(device),
     }

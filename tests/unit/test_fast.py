@@ -1,4 +1,4 @@
-"""The fast paths (`impl = "fast"`, suite/core/backends/pytorch.py) against the reference time loop they replace.
+"""The fast paths (`impl = "fast"`, suite/core/backends/) against the reference time loop they replace.
 
 Every check builds the reference and the fast stack from one state_dict and compares
 outputs, final states, every parameter gradient and the BN statistics (train, population,
@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from suite.core import variants
+from suite.core.backends import choose
+from suite.core.backends.fused import FusedRecurrent
+from suite.core.backends.native import build, loop
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.core.errors import ConfigError
-from suite.core.backends.pytorch import FusedRecurrent, LoopRecurrent, layer_runner
-from suite.core.backends.native import build, loop
-from suite.core.recurrent import Recurrent
+from suite.core.recurrent import LoopRecurrent, Recurrent
 
 FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -36,7 +37,7 @@ def backend(request, monkeypatch) -> str:
 
 def test_the_backend_is_the_one_under_test(backend):
     layer = variants.build("bn_lstm", F, H, impl="fast").layers[0]
-    runner = layer_runner(layer, torch.zeros(T, B, F))
+    runner = choose(layer, torch.zeros(T, B, F))
     assert (runner is loop.run_layer) == (backend == "native")
 
 
@@ -132,7 +133,7 @@ def test_dropout_between_layers(name):
 
 @pytest.mark.parametrize("name", BN)
 @pytest.mark.parametrize(("statistics", "t_max", "offset"), [
-    ("per_step", 7, 0),  # every step has its own row: the one-kernel input BN of fused.input_term
+    ("per_step", 7, 0),  # every step has its own row: the one-kernel input BN of pytorch.input_term
     ("per_step", 4, 1),  # steps beyond T_max share the last row: the reference's input BN
     ("sequence", 7, 0),
 ])
@@ -214,25 +215,6 @@ def test_fused_memory_is_the_fused_kernels():
     x = torch.randn(50, 16, F)
     fused = variants.build("wn_lstm", F, H, impl="fast")
     assert saved_bytes(fused, x) <= 1.01 * saved_bytes(variants.build("cudnn_lstm", F, H), x)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", FAST)
-def test_fast_on_cuda_matches_reference(name):
-    """On CUDA (cuDNN for the fused path, native CUDA norm kernels for the loops) as on the CPU."""
-    ref, fast = pair(name, num_layers=2)
-    ref.cuda(), fast.cuda()
-    x = inputs().cuda()
-    for mode in (True, False):
-        ref.train(mode), fast.train(mode)
-        r, f = run(ref, x), run(fast, x)
-        for a, b in zip(r[:3], f[:3]):
-            torch.testing.assert_close(b, a)
-        for key in r[3]:
-            torch.testing.assert_close(f[3][key], r[3][key], msg=key)
-    for (key, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
-        torch.testing.assert_close(b, a, msg=key)
 
 
 @pytest.mark.parametrize("name", FAST)

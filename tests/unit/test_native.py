@@ -13,9 +13,9 @@ import torch
 from torch.func import functional_call
 
 from suite.core import variants
-from suite.core.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
-from suite.core.backends.pytorch import layer_runner
+from suite.core.backends import choose
 from suite.core.backends.native import build, loop
+from suite.core.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
 from suite.core.provenance import environment
 
 from .test_fast import assert_same
@@ -52,7 +52,7 @@ def test_matches_reference_for_any_input_width_and_thread_count(name, features, 
     steps, batch, hidden = 6, 7, 13
     ref, fast = pair64(name, features, hidden, steps, num_layers=2)
     x = torch.randn(steps, batch, features, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert layer_runner(fast.layers[0], x) is loop.run_layer
+    assert choose(fast.layers[0], x) is loop.run_layer
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -129,8 +129,8 @@ def test_other_dtypes_and_autocast_leave_the_kernels():
     """The kernels read float32/float64 memory: anything else goes to the PyTorch loops or the reference."""
     ref, fast = pair64("bn_lstm", 2, 3, 4)
     x = torch.randn(4, 5, 2, dtype=torch.float64)
-    assert layer_runner(fast.layers[0], x) is loop.run_layer
-    assert layer_runner(fast.layers[0], x.float()) is not loop.run_layer  # mixed dtypes
+    assert choose(fast.layers[0], x) is loop.run_layer
+    assert choose(fast.layers[0], x.float()) is not loop.run_layer  # mixed dtypes
     with pytest.raises(RuntimeError):  # and the same error as the reference gives
         fast(x.float())
     with pytest.raises(RuntimeError):
@@ -139,7 +139,7 @@ def test_other_dtypes_and_autocast_leave_the_kernels():
     got = fast.bfloat16()(x.bfloat16())[0]  # the PyTorch loop, in bfloat16's precision
     torch.testing.assert_close(got.double(), want, atol=0.05, rtol=0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer_runner(fast.layers[0], x) is not loop.run_layer
+        assert choose(fast.layers[0], x) is not loop.run_layer
 
 
 def test_kernel_threads_split_only_large_or_layer_norm_steps(monkeypatch):
@@ -207,7 +207,7 @@ def test_no_compiler_falls_back_with_a_reason(fresh_loader, monkeypatch):
     assert "no C++ compiler (no-such-compiler-here)" in build.reason()
     layer = variants.build("bn_lstm", 2, 3, impl="fast").layers[0]
     with pytest.warns(UserWarning, match="slower PyTorch loop: no C\\+\\+ compiler"):
-        assert layer_runner(layer, torch.zeros(4, 5, 2)) is not loop.run_layer  # the PyTorch loop instead
+        assert choose(layer, torch.zeros(4, 5, 2)) is not loop.run_layer  # the PyTorch loop instead
     assert "no C++ compiler" in environment()["native_kernels"]  # and every result row says so
 
 

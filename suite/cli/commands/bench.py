@@ -19,7 +19,7 @@ from suite.core.errors import ConfigError
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     """Arguments of `suite bench`."""
-    from runners.throughput import DIRECTIONS, SHAPES
+    from runners.shapes import DIRECTIONS, SHAPES
 
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES), dest="shapes",
                         help="benchmark shape (repeatable; default smnist)")

@@ -12,6 +12,7 @@ import argparse
 import time
 from typing import Any
 
+from suite.core.config import parse_override
 from suite.core.errors import ConfigError
 
 
@@ -32,8 +33,6 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def parse_settings(overrides: list[str]) -> tuple[dict[str, Any], str | None, str | None]:
     """Task options, data.path and data.dir from `--set` values."""
-    from suite.core.config import parse_override
-
     options: dict[str, Any] = {}
     path = directory = None
     for text in overrides:

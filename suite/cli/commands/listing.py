@@ -18,8 +18,8 @@ def main(args: argparse.Namespace) -> int:
         for name, variant in sorted(variants.registry().items()):
             print(f"{name:12s} {variant.description}")
     else:
-        from tasks.base import registry
+        from tasks.catalog import listings  # not tasks.base: importing a task imports torch
 
-        for name, cls in sorted(registry().items()):
-            print(f"{name:12s} {cls.metric} ({cls.mode})  {cls.description}")
+        for name, task in sorted(listings().items()):
+            print(f"{name:12s} {task.metric} ({task.mode})  {task.description}")
     return 0

@@ -1,165 +1,35 @@
-"""Fast paths of the own-loop variants, selected with the variant option `impl = "fast"`.
+"""The PyTorch loop backend: the normalized LSTM recurrence in one autograd Function, `NormLoop`.
 
-Both classes subclass `suite.core.recurrent.Recurrent` and keep its layers (`LSTMLayer`), so the
-parameters, buffers and state_dict are exactly the reference's; only `forward` differs.
+The input term norm_x(W_x x) + b is computed for all steps before the loop (`input_term`: one
+batch-norm kernel for per-step statistics, else the reference's own norm, so every statistics
+mode behaves identically); then the recurrence runs in `NormLoop`, with a hand-derived
+backward (Cooijmans et al. 2016, Eq. 6-8) and torch's batch-norm / layer-norm kernels per
+step where norm_h and norm_c are not identities. Pure PyTorch, so it runs on any device: the
+fallback where the native kernels do not apply (GPU, no compiler). It takes no padding mask,
+and not the accumulate (re-estimation) statistics mode or batch statistics of one example:
+`supports` says so, and `suite.core.backends.choose` then picks the next backend.
 
-* `FusedRecurrent` (`wn_lstm`): reads every layer's weights once per batch --
-  for weight norm that is where w = g v / ||v|| is computed (Salimans & Kingma 2016) -- and
-  hands them to torch's fused LSTM kernel (`torch._VF.lstm`, what `torch.nn.LSTM` calls:
-  oneDNN on CPU, cuDNN on GPU), multi-layer with dropout, bidirectional, `lengths` through packing.
-* `LoopRecurrent` (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`): on CPU, each layer runs on the
-  native step kernels (`suite.core.backends.native`) where they build. Otherwise (GPU, no compiler) the
-  input term norm_x(W_x x) + b is computed for all steps by the reference's own norm (so
-  every statistics mode behaves identically), then the recurrence runs in an autograd
-  Function with a hand-derived backward (Cooijmans et al. 2016, Eq. 6-8), `NormLoop`, with
-  torch's batch-norm / layer-norm kernels per step where norm_h and norm_c are not identities.
-  Bidirectional stacks run their reverse layers on the flipped input.
-  Explicit fallbacks to the reference loop, in `forward`, for the PyTorch loops only: `lengths`,
-  the accumulate (re-estimation) statistics mode and batch statistics of a single example.
-
-Every path is checked against the reference in tests/unit/test_fast.py; measured speed and
-memory are in tests/bench (README, "Speed").
+Checked against the reference loop in tests/unit/test_fast.py; speed in tests/bench.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from suite.core.cells.norms import ACCUMULATE, BATCH, POPULATION, TRAIN, Identity, LayerNorm, StepBatchNorm
-from suite.core.errors import ConfigError
-from suite.core.backends.native import build as native_build
-from suite.core.backends.native import loop as native_loop
-from suite.core.recurrent import LSTMLayer, LSTMOptions, Recurrent, check_inputs, reversal_index, reverse_time
+from suite.core.cell import LSTMLayer
+from suite.core.cells.norms import ACCUMULATE, BATCH, IDENTITY, LAYER, POPULATION, STEP_BATCH, TRAIN
 
-IMPLS = ("reference", "fast")
+TAKES_MASK = False  # sequences of unequal length (`lengths`) run elsewhere
 
 
-@dataclass(frozen=True)
-class ImplOptions(LSTMOptions):
-    """LSTM options plus which implementation runs: "reference" (the one time loop) or "fast"."""
-
-    impl: str = "fast"  # or "reference": the straightforward loop of suite.core.recurrent, same parameters
-
-
-def stack_class(impl: str, fast: type[Recurrent], variant: str) -> type[Recurrent]:
-    """The Recurrent class for option `impl` of a variant: the reference or its fast path."""
-    if impl not in IMPLS:
-        raise ConfigError(f"{variant}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-    return fast if impl == "fast" else Recurrent
-
-
-def _initial_states(stack: Recurrent, hx, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h0, c0), each (num_layers, B, H): given, or each layer's learned initial state."""
-    if hx is not None:
-        return hx[0], hx[1]
-    states = [layer.initial_state(batch) for layer in stack.layers]
-    return torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
-
-
-class FusedRecurrent(Recurrent):
-    """A stack of un-normalized LSTMLayers run by the fused LSTM kernel."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for layer in self.layers:
-            if not isinstance(layer, LSTMLayer) or not all(
-                    isinstance(n, Identity) for n in (layer.norm_x, layer.norm_h, layer.norm_c)):
-                raise ConfigError("impl='fast' through the fused kernel needs layers without activation norms")
-
-    def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
-        """Same contract as Recurrent.forward (time_offset has no effect without per-step statistics)."""
-        x = input.transpose(0, 1) if self.batch_first else input
-        if x.is_cuda and not self.training and torch.is_grad_enabled():
-            # cuDNN has no backward in eval mode; the reference loop has (explicit fallback).
-            return super().forward(input, hx, lengths, time_offset)
-        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, len(self.layers))
-        h0, c0 = _initial_states(self, hx, x.shape[1])
-        weights = []  # torch.nn.LSTM's order, which is also self.layers': layer 0 forward, layer 0 reverse, ...
-        for layer in self.layers:
-            bias = layer.bias
-            # Read once per batch: with weight norm this runs the reparametrization.
-            weights += [layer.weight_ih, layer.weight_hh, bias, torch.zeros_like(bias)]
-        with warnings.catch_warnings():
-            # cuDNN warns that the weights are not one contiguous chunk: they are computed anew per batch.
-            warnings.filterwarnings("ignore", message="RNN module weights are not part")
-            out, h, c = self._run(x, mask, h0, c0, weights)
-        return (out.transpose(0, 1) if self.batch_first else out), (h, c)
-
-    def _run(self, x, mask, h0, c0, weights):
-        dropout, train, bidir = float(self.dropout), self.training, self.num_directions == 2
-        if mask is None:
-            out, h, c = torch._VF.lstm(x, (h0, c0), weights, True, self.num_layers, dropout, train, bidir, False)
-        else:
-            packed = pack_padded_sequence(x, mask.sum(0).cpu(), enforce_sorted=False)
-            order, back = packed.sorted_indices, packed.unsorted_indices
-            data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, (h0.index_select(1, order),
-                                        c0.index_select(1, order)), weights, True, self.num_layers,
-                                        dropout, train, bidir)
-            out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, back),
-                                         total_length=x.shape[0])
-            h, c = h.index_select(1, back), c.index_select(1, back)
-        return out, h, c
-
-
-class LoopRecurrent(Recurrent):
-    """A stack whose layers run on the native step kernels, or in `NormLoop`."""
-
-    def forward(self, input: torch.Tensor, hx=None, lengths: torch.Tensor | None = None, time_offset: int = 0):
-        """Same contract as Recurrent.forward; falls back to it where the loops do not apply (module doc)."""
-        x = input.transpose(0, 1) if self.batch_first else input
-        runners = [layer_runner(layer, x) for layer in self.layers]
-        masked_ok = all(run is native_loop.run_layer for run in runners)  # only the kernels take lengths
-        if None in runners or (lengths is not None and not masked_ok):
-            return super().forward(input, hx, lengths, time_offset)  # explicit fallback: the reference loop
-        directions = self.num_directions
-        mask = check_inputs(x, hx, lengths, self.input_size, self.hidden_size, self.num_layers * directions)
-        reverse = reversal_index(mask, x.shape[0], x.shape[1], x.device) if mask is not None else None
-        padding = {} if mask is None else {"mask": mask}
-        h0s, c0s = _initial_states(self, hx, x.shape[1])
-        h_n, c_n = [], []
-        for level in range(self.num_layers):
-            if level > 0 and self.dropout > 0:
-                x = nn.functional.dropout(x, self.dropout, self.training)
-            outputs = []
-            for direction in range(directions):  # torch.nn.LSTM's order: forward, then reverse
-                index = level * directions + direction
-                source = x if direction == 0 else _reversed(x, reverse)
-                out, (h, c) = runners[index](self.layers[index], source, h0s[index], c0s[index], time_offset,
-                                             **padding)
-                outputs.append(out if direction == 0 else _reversed(out, reverse))
-                h_n.append(h)
-                c_n.append(c)
-            x = torch.cat(outputs, -1) if directions > 1 else outputs[0]
-        output = x.transpose(0, 1) if self.batch_first else x
-        return output, (torch.stack(h_n), torch.stack(c_n))
-
-
-def _reversed(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """Each sequence reversed in time: a flip without padding, else the reference's reversal."""
-    return x.flip(0) if index is None else reverse_time(x, index)
-
-
-def layer_runner(layer: nn.Module, x: torch.Tensor) -> Callable | None:
-    """How a layer runs on input x: the native kernels (CPU, where they build), else `NormLoop`;
-    None where neither computes it exactly (the reference loop then does)."""
-    if native_loop.supports(layer, x):
-        if native_build.load() is not None:
-            return native_loop.run_layer
-        if native_build.enabled():
-            warnings.warn(f"impl='fast' runs the slower PyTorch loop: {native_build.reason()}", stacklevel=2)
-    if not supports_norm_loop(layer, x.shape[1]):
-        return None
-    return norm_loop_layer
+def supports(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when `NormLoop` computes this layer on x exactly in its norms' current statistics modes."""
+    return supports_norm_loop(layer, x.shape[1])
 
 
 def supports_norm_loop(layer: nn.Module, batch: int) -> bool:
-    """True when `NormLoop` computes this layer exactly in its current statistics mode."""
+    """True when `NormLoop` computes this layer (a batch of `batch` sequences) exactly in its current statistics mode."""
     return isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch) and _norm_supported(layer.norm_c, batch)
 
 
@@ -175,7 +45,7 @@ def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Ten
     z = nn.functional.linear(x, layer.weight_ih)
     norm = layer.norm_x
     steps, batch, size = z.shape
-    if isinstance(norm, StepBatchNorm) and _norm_supported(norm, batch) and time_offset + steps <= norm.t_max:
+    if norm.kind() == STEP_BATCH and _norm_supported(norm, batch) and time_offset + steps <= norm.t_max:
         mode = norm.mode()
         rows = slice(time_offset, time_offset + steps)
         keep = mode != BATCH
@@ -203,7 +73,7 @@ class _StepNorm:
 
     def __init__(self, norm: nn.Module, time_offset: int):
         self.norm, self.offset = norm, time_offset
-        self.kind = "bn" if isinstance(norm, StepBatchNorm) else "ln" if isinstance(norm, LayerNorm) else "id"
+        self.kind = {STEP_BATCH: "bn", LAYER: "ln", IDENTITY: "id"}[norm.kind()]
         if self.kind == "bn":
             mode = norm.mode()
             self.train = mode in (TRAIN, BATCH)
@@ -244,18 +114,20 @@ class _StepNorm:
 
 
 def _norm_supported(norm: nn.Module, batch: int) -> bool:
-    if isinstance(norm, Identity | LayerNorm):
+    kind = norm.kind()
+    if kind in (IDENTITY, LAYER):
         return True
-    return (isinstance(norm, StepBatchNorm) and norm.per_step and norm.mode() != ACCUMULATE
-            and (batch > 1 or norm.mode() == POPULATION))
+    # torch's batch-norm kernel cannot take the statistics of a single example.
+    return kind == STEP_BATCH and norm.mode() != ACCUMULATE and (batch > 1 or norm.mode() == POPULATION)
 
 
 def _param(norm: nn.Module, name: str) -> torch.Tensor | None:
-    return getattr(norm, name, None) if not isinstance(norm, Identity) else None
+    return getattr(norm, name, None)  # an identity has neither weight nor bias
 
 
-def norm_loop_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
-    """One layer: norm_x(W_x x) + b for all steps (`input_term`), then `NormLoop`."""
+def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int):
+    """One layer over x (T, B, F): norm_x(W_x x) + b for all steps (`input_term`), then `NormLoop`;
+    returns outputs (T, B, H) and (h_T, c_T)."""
     xg = input_term(layer, x, time_offset)
     norm_h, norm_c = _StepNorm(layer.norm_h, time_offset), _StepNorm(layer.norm_c, time_offset)
     params = [_param(layer.norm_h, "weight"), _param(layer.norm_h, "bias"),

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from suite.core.cell import LSTMLayer, LSTMOptions
 from suite.core.cells import register
 from suite.core.cells.norms import StepBatchNorm
 from suite.core.errors import ConfigError
-from suite.core.backends.pytorch import LoopRecurrent, stack_class
-from suite.core.recurrent import LSTMLayer, LSTMOptions
+from suite.core.recurrent import LoopRecurrent, stack_class
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class BNOptions(LSTMOptions):
     # Statistics of the input term W_x x_t: "per_step" (Section 3), or "sequence", shared over
     # time and batch (Laurent et al. 2016), as in the paper's BN-e* on CNN QA (Section 5.4).
     statistics: str = "per_step"
-    impl: str = "fast"  # suite.core.backends.pytorch.LoopRecurrent; "reference": the straightforward loop, same parameters
+    impl: str = "fast"  # suite.core.recurrent.LoopRecurrent; "reference": the straightforward loop, same parameters
 
 
 def step_bn(size: int, options: BNOptions, bias: bool, per_step: bool = True) -> StepBatchNorm:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from suite.core.cell import LSTMLayer
 from suite.core.cells import register
 from suite.core.cells.bn_lstm import BNOptions, step_bn
 from suite.core.errors import ConfigError
-from suite.core.backends.pytorch import LoopRecurrent, stack_class
-from suite.core.recurrent import LSTMLayer
+from suite.core.recurrent import LoopRecurrent, stack_class
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from suite.core.cell import LSTMOptions
 from suite.core.cells import register
-from suite.core.recurrent import LSTMOptions, check_inputs
+from suite.core.recurrent import check_inputs
 
 
 class FusedLSTM(nn.Module):

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from suite.core.cell import LSTMLayer, LSTMOptions
 from suite.core.cells import register
 from suite.core.cells.norms import LayerNorm
-from suite.core.backends.pytorch import LoopRecurrent, stack_class
-from suite.core.recurrent import LSTMLayer, LSTMOptions
+from suite.core.recurrent import LoopRecurrent, stack_class
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class LNOptions(LSTMOptions):
 
     gain_init: float = 1.0
     eps: float = 1e-5
-    impl: str = "fast"  # suite.core.backends.pytorch.LoopRecurrent; "reference": the straightforward loop, same parameters
+    impl: str = "fast"  # suite.core.recurrent.LoopRecurrent; "reference": the straightforward loop, same parameters
 
 
 @register("ln_lstm", LNOptions, "layer norm on W_x x, W_h h and c_t (Ba et al. 2016)")

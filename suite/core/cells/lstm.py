@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from suite.core.cell import LSTMLayer
 from suite.core.cells import register
-from suite.core.backends.pytorch import ImplOptions, LoopRecurrent, stack_class
-from suite.core.recurrent import LSTMLayer
+from suite.core.recurrent import ImplOptions, LoopRecurrent, stack_class
 
 
 @register("lstm", ImplOptions, "plain LSTM, own time loop (baseline)")

@@ -1,8 +1,11 @@
 """Normalizations plugged into the LSTM layer: per-time-step batch norm, layer norm, identity.
 
-Each norm has two entry points that the one time loop in `suite.core.recurrent` calls:
+Each norm has two entry points that the reference time loop (`suite.core.cell`) calls:
 `sequence(x, mask)` normalizes a whole `(T, B, C)` tensor at once (the input term, hoisted
 out of the loop) and `step(x, t, mask_t)` normalizes one `(B, C)` step inside the loop.
+Each also describes itself to the recurrence backends (`suite.core.backends`) through
+`kind()` (IDENTITY, LAYER, STEP_BATCH or SHARED_BATCH) and, for batch norms, `mode()` (the
+statistics mode in force), so no backend needs to know these classes.
 
 `StepBatchNorm` implements BN as in Cooijmans et al. (2016), Section 3: statistics over the
 minibatch, separately for every time step 1..T_max, gamma and beta shared over time,
@@ -26,9 +29,19 @@ POPULATION = "population"  # stored per-step population statistics
 ACCUMULATE = "accumulate"  # batch statistics, exact sums gathered for `finish_estimate`
 STATS_MODES = (TRAIN, BATCH, POPULATION, ACCUMULATE)
 
+# What a norm is, as the recurrence backends see it (`kind()`).
+IDENTITY = "identity"  # no normalization
+LAYER = "layer"  # per example over units
+STEP_BATCH = "step_batch"  # per unit over the batch, statistics per time step (rows 0..T_max-1)
+SHARED_BATCH = "shared_batch"  # per unit over the batch and all steps (one statistics row)
+
 
 class Identity(nn.Module):
     """No normalization; the plain LSTM's three norm slots."""
+
+    def kind(self) -> str:
+        """IDENTITY (see the module doc)."""
+        return IDENTITY
 
     def sequence(self, x: torch.Tensor, mask: torch.Tensor | None, t0: int = 0) -> torch.Tensor:
         """Return x unchanged."""
@@ -47,6 +60,10 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.full((size,), float(gain_init)))
         self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+
+    def kind(self) -> str:
+        """LAYER (see the module doc)."""
+        return LAYER
 
     def sequence(self, x: torch.Tensor, mask: torch.Tensor | None, t0: int = 0) -> torch.Tensor:
         """Normalize every position of a (T, B, C) tensor."""
@@ -94,6 +111,10 @@ class StepBatchNorm(nn.Module):
     def t_max(self) -> int:
         """Number of time steps that have their own statistics."""
         return self.running_mean.shape[0]
+
+    def kind(self) -> str:
+        """STEP_BATCH with statistics per time step, else SHARED_BATCH (see the module doc)."""
+        return STEP_BATCH if self.per_step else SHARED_BATCH
 
     def mode(self) -> str:
         """The statistics mode now in force: an override, else train/population by `training`."""

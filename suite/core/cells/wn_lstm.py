@@ -10,9 +10,10 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from suite.core.backends.fused import FusedRecurrent
+from suite.core.cell import LSTMLayer, LSTMOptions
 from suite.core.cells import register
-from suite.core.backends.pytorch import FusedRecurrent, ImplOptions, stack_class
-from suite.core.recurrent import LSTMLayer, LSTMOptions
+from suite.core.recurrent import ImplOptions, stack_class
 
 
 def wn_layer(input_size: int, hidden_size: int, options: LSTMOptions) -> LSTMLayer:

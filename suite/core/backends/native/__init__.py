@@ -1,3 +1,3 @@
-"""Native (C++/OpenMP) step kernels for the normalized LSTM loops: `build` compiles and loads
-them, `loop` runs a layer on them. Used by `impl = "fast"` on CPU, with the pure-PyTorch loops
-of `suite.core.backends.pytorch` as the fallback."""
+"""Native (C++/OpenMP) step kernels for the normalized LSTM loops, a recurrence backend (see
+`suite.core.backends`): `build` compiles and loads them, `loop` runs a layer on them. First
+choice on CPU; where they do not build, `suite.core.backends.choose` takes the PyTorch loop."""

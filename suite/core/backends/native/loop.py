@@ -13,15 +13,17 @@ follow the reference's rules exactly.
 from __future__ import annotations
 
 import ctypes
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from suite.core.cells.norms import POPULATION, Identity, LayerNorm, StepBatchNorm
+from suite.core.backends.native import build
 from suite.core.backends.native.build import load
-from suite.core.recurrent import LSTMLayer
+from suite.core.cell import LSTMLayer
+from suite.core.cells.norms import IDENTITY, LAYER as LAYER_NORM, POPULATION, STEP_BATCH, Identity
 
 NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
 # Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
@@ -74,19 +76,35 @@ class Slot:
                            _ptr(self.grads.get("beta")))
 
 
+TAKES_MASK = True  # run_layer takes a (T, B) padding mask
+
+
 def slot_kind(norm: nn.Module) -> int | None:
     """The kernel's kind for a norm in its current statistics mode; None where it has none."""
-    if isinstance(norm, Identity):
+    kind = norm.kind()
+    if kind == IDENTITY:
         return NONE
-    if isinstance(norm, LayerNorm):
+    if kind == LAYER_NORM:
         return LAYER
-    if isinstance(norm, StepBatchNorm) and norm.per_step:
+    if kind == STEP_BATCH:
         return BN_POPULATION if norm.mode() == POPULATION else BN_BATCH
     return None
 
 
 def supports(layer: nn.Module, x: torch.Tensor) -> bool:
-    """True when `run_layer` computes this layer on input x (norm_x may also be one the kernel lacks)."""
+    """True when `run_layer` computes this layer on input x and the kernels are built (else a warning
+    says why not when they should have been)."""
+    if not computes(layer, x):
+        return False
+    if load() is not None:
+        return True
+    if build.enabled():
+        warnings.warn(f"impl='fast' runs the slower PyTorch loop: {build.reason()}", stacklevel=3)
+    return False
+
+
+def computes(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when the kernels compute this layer on input x (norm_x may also be one the kernel lacks)."""
     if not isinstance(layer, LSTMLayer) or x.is_cuda or torch.is_autocast_enabled("cpu"):
         return False
     # The kernels read float32 or float64 through raw pointers: input and every parameter alike.
