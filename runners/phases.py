@@ -28,6 +28,8 @@ from runners.study import Study, Trial, search_trial_id, tuned_trial_id
 from runners.trainable import GRID, PHASE, RESULTS, SAMPLE, SEED, STUDY, TASK, TUNED, VARIANT, name_index, \
     trial_identity
 from suite.core.errors import SuiteError
+from suite.core.results import CURVE, read_table, read_trial_rows, to_table, write_table
+from tasks.base import get_task_class
 
 BEST_FILE = "best.json"
 
@@ -38,8 +40,6 @@ def experiment_name(task: str, variant: str) -> str:
 
 
 def _mode(task: str) -> str:
-    from tasks.base import get_task_class
-
     return get_task_class(task).mode
 
 
@@ -76,8 +76,6 @@ def _study_trial(study: Study, name: str, config: dict[str, Any], phase: str) ->
 def trim_curve(root: str, trial_id: str, step: int) -> list[dict[str, Any]]:
     """Drop a stopped trial's curve rows after `step` (the trial trains on while the driver decides, and
     can write one more evaluation before Tune ends it); returns the rows kept."""
-    from suite.core.results import CURVE, read_trial_rows, to_table, write_table
-
     rows = read_trial_rows(root, "curve", trial_id)
     kept = [r for r in rows if r["step"] <= step]
     if len(kept) < len(rows):
@@ -157,8 +155,6 @@ def final_placeholders(study: Study, best: dict[str, dict[str, dict[str, Any]]],
 def best_points(root: str, study: Study) -> dict[str, dict[str, dict[str, Any]]]:
     """{task: {variant: point}}: each variant's search trial with the best validation metric (finished or
     stopped; ties go to the lower sample number), from the written summary rows."""
-    from suite.core.results import read_table
-
     rows = [r for r in read_table(root, "summary").to_pylist() if r["phase"] == "search"]
     best: dict[str, dict[str, dict[str, Any]]] = {}
     for task in study.tasks:
