@@ -205,3 +205,22 @@ def test_report_tuning_section_golden(tmp_path):
     assert "Finished seeds per arm: `lstm` n=2, `bn_lstm` n=2." in text
     assert (out.parent / "report-smnist-budget.png").stat().st_size > 0
     assert (out.parent / "report-smnist-sensitivity.png").stat().st_size > 0
+
+
+def test_trial_names_of_each_phase():
+    """Search trials are numbered by their sample (pre-drawn) or by Tune's creation order (a searcher's
+    experiment tag starts with a counter from 1); final trials carry their seed and `-tuned`."""
+    from runners.progress import trial_name
+    from runners.trainable import name_index, trial_identity
+
+    study = {"search": {"seed": 7}}
+    base = {"study": study, "task": "adding", "variant": "lstm", "seed": 7, "grid": {}}
+    drawn = base | {"phase": "search", "sample": {"index": 4, "point": {"optim.lr": 0.01}}}
+    assert trial_identity(drawn) == ("adding-lstm-search004", 7, {"optim.lr": 0.01})
+    searched = base | {"phase": "search", "sample": {"point": {"optim.lr": 0.02}}}
+    assert trial_name(SimpleNamespace(config=searched, experiment_tag="3_optim.lr=0.02")) == "adding-lstm-search002"
+    assert name_index("adding-lstm-search002") == 2 and name_index("adding-lstm-s0") is None
+    final = base | {"phase": "final", "seed": 1, "tuned": {"adding": {"lstm": {"optim.lr": 0.03}}}}
+    assert trial_identity(final) == ("adding-lstm-s1-tuned", 1, {"optim.lr": 0.03})
+    grid = base | {"seed": 0, "grid": {"optim.lr": 0.1}}
+    assert trial_name(SimpleNamespace(config=grid, experiment_tag="0_grid=...")) == "adding-lstm-s0-lr=0.1"
