@@ -100,6 +100,15 @@ class TrialSummary:
     status: str
     error: str
     row: dict[str, Any]
+    source: str = ""  # the study it came from, when studies were merged (reports.merge)
+
+    def config(self) -> dict[str, Any]:
+        """The run config recorded in the summary row, flattened to {"section.key": value} ({} if unreadable)."""
+        try:
+            config = json.loads(self.row.get("config_json") or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return flatten(config) if isinstance(config, dict) else {}
 
 
 @dataclass
@@ -113,6 +122,7 @@ class StudyTables:
     lengths: pa.Table | None
     throughput: pa.Table | None
     trials: dict[str, TrialSummary] = field(default_factory=dict)
+    parts: tuple[tuple[str, Path], ...] = ()  # (name, directory) of each merged study; empty for one study
     # Search-phase trials of a tuned study (runners.phases): read by reports.tuning only; `trials`,
     # `summary` and `curve` hold the rest (the final comparison), so every other section is unchanged.
     search: dict[str, TrialSummary] = field(default_factory=dict)

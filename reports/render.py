@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports import convergence, generalization, tuning
+from reports import claims, convergence, generalization, tuning
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import figures as flow_figures
 from reports.load import BASELINE, TASK_ORDER, StudyTables, load_study, ordered, read_folder
+from reports.merge import merge
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
 from reports.stats import Summary, summarize, welch_interval
+from suite.core.errors import ConfigError
 from suite.core.results import GRADIENT_FLOW, GRADIENT_FLOW_TABLE
 
 DASH = "—"
@@ -139,15 +141,36 @@ class MarkdownReport:
                        "inverting the t CDF (regularized incomplete beta function, bisection), not read from a table. "
                        "A `*` marks an interval that excludes zero. Paper numbers are the test results of Cooijmans et "
                        "al. (2016), Tables 1-3.", ""]
+        self.sources_section()
         # A tuned study: what the search did, per task, before the comparison at tuned settings.
         for task in ordered((t.task for t in s.search.values()), TASK_ORDER):
             tuning.section(self, task)
         for task in s.tasks():
             self.task_section(task)
+        self.claims_section()
         self.throughput_sections()
         self.gradient_flow_section()
         self.problems_section()
         return "\n".join(self.lines).rstrip("\n") + "\n"
+
+    def sources_section(self) -> None:
+        """For merged studies: which study each arm's seeds came from."""
+        s = self.study
+        if not s.parts:
+            return
+        rows = []
+        for task in s.tasks():
+            for arm in s.arms(task):
+                by_study: dict[str, list[int]] = {}
+                for t in s.trials_of(task, arm):
+                    by_study.setdefault(t.source, []).append(t.seed)
+                rows += [[task, f"`{arm}`", f"`{name}`", ", ".join(map(str, sorted(seeds)))]
+                         for name, seeds in sorted(by_study.items())]
+        self.lines += ["## Sources (merged studies)", "",
+                       f"Merged from {len(s.parts)} studies ({', '.join(f'`{n}`' for n, _ in s.parts)}); they agree on "
+                       "every shared setting that is not a grid axis, and arms are pooled over them.", ""]
+        self.lines += _table(["task", "arm", "study", "seeds"], rows)
+        self.lines.append("")
 
     def task_section(self, task: str) -> None:
         """All per-task sections."""
@@ -293,6 +316,60 @@ class MarkdownReport:
                        "trials.", ""]
         self.link(path, f"{task}: validation curves")
 
+    def claims_section(self) -> None:
+        """Each claim of the literature (reports.claims), with this study's estimate and verdict per task."""
+        s = self.study
+        fmts = {task: metric_format(*s.metric(task)) for task in s.tasks()}
+        rows = claims.all_rows(s, self.points, self.fraction, self.targets,
+                               lambda task: 1 if fmts[task].higher_is_better else -1)
+        self.lines += ["## Claims: does the literature hold on this study?", "", claims.RULES, ""]
+        flow = claims.gradient_flow_evidence([t for t in (read_folder(p / GRADIENT_FLOW_TABLE, GRADIENT_FLOW)
+                                                           for p in self.study_paths()) if t is not None])
+        for claim in claims.CLAIMS:
+            mine = rows[claim.number]
+            counts = {v: sum(r.judgement.verdict == v for r in mine if not r.context)
+                      for v in (claims.SUPPORTED, claims.CONTRADICTED, claims.INCONCLUSIVE, claims.NOT_TESTED)}
+            tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no rows"
+            self.lines += [f"### Claim {claim.number}: {claim.sentence}", "",
+                           f"Source: {claim.source}. Rows: {tally}.", ""]
+            if all(r.judgement.verdict == claims.NOT_TESTED for r in mine):
+                tasks: dict[str, list[str]] = {}
+                for r in mine:
+                    tasks.setdefault(r.judgement.reason, []).append(r.task)
+                why = "; ".join(f"{reason} ({', '.join(sorted(set(t)))})" for reason, t in sorted(tasks.items()))
+                self.lines += [f"Not tested: the study would need {claim.needs}. Here: {why or 'no task'}.", ""]
+            else:
+                self.lines += _table(["task", "comparison", "arms (estimate = first − second)", "seeds",
+                                      "estimate [95 % CI]", "verdict", "why / seeds needed"],
+                                     [[r.task, r.text, r.arms, r.counts, self.claim_estimate(r, fmts[r.task]),
+                                       "context" if r.context else r.judgement.verdict,
+                                       DASH if r.context and r.judgement.verdict != claims.NOT_TESTED
+                                       else (r.judgement.reason or DASH)] for r in mine])
+                self.lines.append("")
+            if claim.number == 1 and flow:
+                parts = "; ".join(f"γ={g:g}: {start:.3e} at t=0, {end:.3e} at the last step"
+                                  for g, start, end in flow)
+                self.lines += [f"Gradient flow at initialization (paper Figure 1a, BN tanh RNN, norm of d loss / d h_t "
+                               f"averaged over the batch): {parts}.", ""]
+
+    @staticmethod
+    def claim_estimate(row: claims.Row, fmt: Fmt) -> str:
+        """A row's contrast and interval in display units (steps as integers)."""
+        j = row.judgement
+        if not math.isfinite(j.diff):
+            return DASH
+        if row.quantity == "steps":
+            def num(v: float) -> str:
+                return f"{v:+.0f}" if math.isfinite(v) else DASH
+        else:
+            def num(v: float) -> str:
+                return fmt.num(v, signed=True)
+        return f"{num(j.diff)} [{num(j.low)}, {num(j.high)}]" if math.isfinite(j.low) else num(j.diff)
+
+    def study_paths(self) -> list[Path]:
+        """Directories of the studies behind this report (several when studies were merged)."""
+        return [path for _, path in self.study.parts] or [self.study.path]
+
     def throughput_sections(self) -> None:
         """The study's throughput table and the benchmark JSON, when present."""
         t = self.study.throughput
@@ -330,9 +407,11 @@ class MarkdownReport:
 
     def gradient_flow_section(self) -> None:
         """Paper Figure 1 from the study's gradient_flow table (`suite diagnose gradient-flow --out STUDY`)."""
-        table = read_folder(self.study.path / GRADIENT_FLOW_TABLE, GRADIENT_FLOW)
-        if table is None:
+        tables = [t for t in (read_folder(p / GRADIENT_FLOW_TABLE, GRADIENT_FLOW) for p in self.study_paths())
+                  if t is not None]
+        if not tables:
             return
+        table = tables[0]  # merged studies: the first study's diagnostic (it is deterministic)
         a = table.filter(pc.equal(table["figure"], "1a"))
         self.lines += ["## Gradient flow at initialization (paper Figure 1)", ""]
         if a.num_rows:
@@ -390,12 +469,20 @@ class MarkdownReport:
         self.lines.append("")
 
 
-def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | None = None,
+def load(studies: str | Path | Sequence[str | Path]) -> StudyTables:
+    """One study directory, or several merged into one (reports.merge) so their seeds pool."""
+    dirs = [studies] if isinstance(studies, str | Path) else list(studies)
+    if len(dirs) == 1:
+        return load_study(dirs[0])
+    return merge([load_study(d) for d in dirs])
+
+
+def render(study_dir: str | Path | Sequence[str | Path], out: str | Path, benchmark_json: str | Path | None = None,
            fraction: float = convergence.DEFAULT_FRACTION, targets: Mapping[str, float] | None = None) -> str:
-    """Load a study, draw its figures beside `out`, and return the markdown (not yet written)."""
+    """Load a study (or merge several), draw its figures beside `out`, and return the markdown (not yet written)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"target fraction must be in (0, 1], got {fraction}")
-    study = load_study(study_dir)
+    study = load(study_dir)
     bench = read_benchmark_json(benchmark_json) if benchmark_json else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # only once the study has loaded: bad input creates nothing
@@ -403,11 +490,18 @@ def render(study_dir: str | Path, out: str | Path, benchmark_json: str | Path | 
     return report.build()
 
 
-def write_report(study_dir: str | Path, out: str | Path | None = None, benchmark_json: str | Path | None = None,
-                 fraction: float = convergence.DEFAULT_FRACTION, targets: Mapping[str, float] | None = None) -> Path:
-    """Write the markdown report of a study (default `<study>/report.md`) with its PNGs beside it; returns the path."""
-    out = Path(out) if out else Path(study_dir) / "report.md"
-    text = render(study_dir, out, benchmark_json, fraction, targets)
+def write_report(study_dir: str | Path | Sequence[str | Path], out: str | Path | None = None,
+                 benchmark_json: str | Path | None = None, fraction: float = convergence.DEFAULT_FRACTION,
+                 targets: Mapping[str, float] | None = None) -> Path:
+    """Write the markdown report of a study (default `<study>/report.md`) with its PNGs beside it; returns the path.
+
+    Several study directories are merged into one report, which then needs `out`.
+    """
+    dirs = [study_dir] if isinstance(study_dir, str | Path) else list(study_dir)
+    if out is None and len(dirs) > 1:
+        raise ConfigError(f"{len(dirs)} studies are merged into one report: say where it goes with --out FILE.md")
+    out = Path(out) if out else Path(dirs[0]) / "report.md"
+    text = render(dirs, out, benchmark_json, fraction, targets)
     temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     temp.write_text(text, encoding="utf-8")
     os.replace(temp, out)

@@ -107,14 +107,25 @@ class Difference:
 
 def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Difference:
     """Welch's t interval for mean(a) - mean(b), seeds as independent samples; needs n >= 2 in both."""
-    sa, sb = summarize(a), summarize(b)
-    diff = sa.mean - sb.mean
-    if sa.n < 2 or sb.n < 2:
+    return contrast_interval([a, b], [1.0, -1.0], level)
+
+
+def contrast_interval(groups: Sequence[Sequence[float]], weights: Sequence[float],
+                      level: float = 0.95) -> Difference:
+    """t interval for sum_i w_i mean(group_i) with Welch-Satterthwaite degrees of freedom.
+
+    se^2 = sum_i w_i^2 s_i^2 / n_i and df = se^4 / sum_i (w_i^2 s_i^2 / n_i)^2 / (n_i - 1); with two
+    groups and weights (1, -1) this is exactly Welch's interval for a difference of means. Groups
+    are independent (seeds as samples); every group needs n >= 2, else the bounds are NaN.
+    """
+    summaries = [summarize(g) for g in groups]
+    diff = sum(w * s.mean for w, s in zip(weights, summaries, strict=True))
+    if any(s.n < 2 for s in summaries):
         return Difference(diff, math.nan, math.nan, math.nan)
-    va, vb = sa.std**2 / sa.n, sb.std**2 / sb.n
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # identical values in both groups: the interval collapses to the point
+    parts = [w * w * s.std**2 / s.n for w, s in zip(weights, summaries)]
+    se = math.sqrt(sum(parts))
+    if se == 0.0:  # identical values in every group: the interval collapses to the point
         return Difference(diff, diff, diff, math.inf)
-    df = se**4 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
+    df = se**4 / sum(v**2 / (s.n - 1) for v, s in zip(parts, summaries))
     half = t_ppf(0.5 + level / 2.0, df) * se
     return Difference(diff, diff - half, diff + half, df)

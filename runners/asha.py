@@ -19,7 +19,7 @@ from runners.local import _task_metric
 from runners.phases import _mode, trim_curve
 from runners.progress import trial_name
 from runners.study import from_dict
-from runners.trainable import TASK, VARIANT, name_index, recorded_point, trial_identity
+from runners.trainable import name_index, point_of, recorded_point, trial_identity
 from suite.core.provenance import environment
 from suite.core.results import SUMMARY, to_table, write_table
 
@@ -46,7 +46,8 @@ def write_stopped(root: str, study_dict: dict[str, Any], config: dict[str, Any],
     """The summary row of a trial ASHA stopped after `step`, from its curve rows up to that step."""
     study = from_dict(study_dict)
     trial_id, seed, point = trial_identity(config, name_index(name))
-    trial = study.resolve_trial(config[TASK], config[VARIANT], seed, point)
+    task, variant, _, _ = point_of(config)
+    trial = study.resolve_trial(task, variant, seed, point)
     mode = _mode(trial.task)
     curve = trim_curve(root, trial_id, step)
     valid = [r for r in curve if r["split"] == "valid" and r["value"] is not None and math.isfinite(r["value"])]

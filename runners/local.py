@@ -10,6 +10,7 @@ should go (runners never render reports: the `suite run` command calls `reports`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -21,9 +22,10 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from runners.cluster import check_resources, connect
+from runners.lock import study_lock
 from runners.study import Study, Trial, load_study
-from runners.trainable import DONE, GRID, RESULTS, SEED, STUDY, TASK, VARIANT, recorded_point, study_root, train_trial, \
-    written_end
+from runners.trainable import DONE, POINT, RESULTS, STUDY, point, recorded_point, study_root, train_trial, written_end
+from suite.core import device
 from suite.core.errors import SuiteError
 from suite.core.provenance import environment
 from suite.core.results import SUMMARY, check_writable, filesystem, to_table, write_table
@@ -138,6 +140,9 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     own), absolute or under the study's results directory."""
     study = load_study(path)
     trials = study.trials()
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # trials run on this machine: check its torch
+        for name in sorted({t.config.train.device for t in trials}):
+            device.check_available(name, f"{study.source}: train.device")
     if dry_run:
         if study.search is not None:  # the final trials' settings are not known before the search
             from runners.phases import budget
@@ -150,6 +155,15 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
     results = _absolute(results)
     root = study_root(results, study.name)
     check_writable(results)
+    with study_lock(root, study.name):  # one driver per study; released however this process ends
+        return _run(study, trials, path, results, root, address, resume, report, num_cpus)
+
+
+def _run(study: Study, trials: Sequence[Trial], path: str, results: str, root: str, address: str | None,
+         resume: bool, report: str | None, num_cpus: int | None) -> StudyRun:
+    """The study's run once its driver holds the lock: data, Ray, the Tuner, the summary."""
+    from tasks.base import create
+
     if address is None:  # on a cluster the data may live on the workers only
         for name in study.tasks:
             config = next(t.config for t in trials if t.task == name)
@@ -192,13 +206,12 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     else:
         param_space = {
             STUDY: study.to_dict(), RESULTS: results,
-            # Grid axes, never sampled: every variant sees every seed (and every grid point).
-            TASK: tune.grid_search(list(study.tasks)), VARIANT: tune.grid_search(list(study.variants)),
-            SEED: tune.grid_search(list(study.seeds)), GRID: tune.grid_search(study.grid_points()),
+            # Grid axes, never sampled: every variant sees every seed (and every point of its grid).
+            POINT: tune.grid_search([point(t.task, t.variant, t.seed, t.grid) for t in study.trials()]),
         }
         tuner = new_tuner(study, param_space, root, TUNE_DIR)
     by_id = {t.trial_id: t for t in trials}
-    outcomes = outcomes_of(tuner.fit(), lambda name, config: by_id.get(name), root)
+    outcomes = outcomes_of(tuner, lambda name, config: by_id.get(name), root)
     seen = {o.trial.trial_id for o in outcomes}
     outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
     order = {t.trial_id: i for i, t in enumerate(trials)}
@@ -212,9 +225,11 @@ def _trainable(study: Study):
 
 
 def restore_tuner(study: Study, experiment: str):
-    """The Tuner of an interrupted experiment: finished trials are skipped, the rest resume from checkpoints."""
+    """The Tuner of an interrupted experiment: finished trials are skipped, the rest resume from their
+    checkpoints (trials that failed by themselves too: `reopen_failed`)."""
     from ray import tune
 
+    reopen_failed(experiment)
     return tune.Tuner.restore(experiment, _trainable(study), resume_unfinished=True, resume_errored=True)
 
 
@@ -223,7 +238,7 @@ def new_tuner(study: Study, param_space: dict[str, Any], storage: str, name: str
     arguments (searcher, scheduler, num_samples) to the study's own."""
     from ray import tune
 
-    from runners.progress import Progress, trial_name
+    from runners.progress import Progress, trial_name  # a Tune callback: imports Ray
 
     metric = {task: _task_metric(task) for task in study.tasks}
     return tune.Tuner(
@@ -237,11 +252,18 @@ def new_tuner(study: Study, param_space: dict[str, Any], storage: str, name: str
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
 
-def outcomes_of(grid, trial_of: Callable[[str, dict[str, Any]], Trial | None], root: str) -> list[Outcome]:
-    """How each trial of a fitted experiment ended; `trial_of(name, config)` gives the study's Trial of a
-    Tune trial (None: unknown, left out)."""
+def outcomes_of(tuner, trial_of: Callable[[str, dict[str, Any]], Trial | None], root: str) -> list[Outcome]:
+    """Fit a Tuner and tell how each of its trials ended; `trial_of(name, config)` gives the study's Trial
+    of a Tune trial (None: unknown, left out; the caller records it as interrupted, and resumable)."""
     from runners.progress import Progress
 
+    sync_log = logging.getLogger("ray.tune.execution.experiment_state")
+    one_line = _OneLineSyncErrors()
+    sync_log.addFilter(one_line)
+    try:
+        grid = tuner.fit()
+    finally:
+        sync_log.removeFilter(one_line)
     timing = Progress.current.trial_seconds if Progress.current else {}
     outcomes = []
     for result in grid:
@@ -250,17 +272,64 @@ def outcomes_of(grid, trial_of: Callable[[str, dict[str, Any]], Trial | None], r
         name = (result.path or "").rstrip("/").rsplit("/", 1)[-1]
         trial = trial_of(name, config)
         if trial is None:
-            continue  # unidentifiable: recorded as interrupted by the caller, and resumable
+            continue
         metrics = dict(result.metrics or {})
         status = metrics.get("status")
         ended = written_end(root, name, trial.config.train.steps) if status not in DONE else None
         if ended is not None:  # the trial wrote its summary, but its last report never reached us
             status, metrics = ended["status"], ended
+        error = metrics.get("error") if status == "failed" else None  # a trial that ended itself (trainable)
         if status not in DONE:
-            status = "failed" if result.error is not None else "interrupted"
-        outcomes.append(Outcome(trial, status, metrics, _error_line(result.error) if status == "failed" else None,
-                                timing.get(name)))
+            status = "failed" if result.error is not None or error else "interrupted"
+            error = error or (_error_line(result.error) if status == "failed" else None)
+        outcomes.append(Outcome(trial, status, metrics, error, timing.get(name)))
     return outcomes
+
+
+class _OneLineSyncErrors(logging.Filter):
+    """Tune logs a failed save of its experiment state (a full disk, a lost bucket) with a whole traceback,
+    at every save; keep the first as one line (the trial that met the same error says what to do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"{record.getMessage().rstrip(': ')}: {str(error).splitlines()[-1] if str(error) else type(error).__name__}",
+            None, None, None)
+        first, self.seen = not self.seen, True
+        return first
+
+
+def reopen_failed(tune_dir: str) -> list[str]:
+    """Mark trials that ended themselves `failed` (runners.trainable: a write failed, a bad setting) as
+    errored in Tune's saved experiment state, so that `--resume` resumes them from their last checkpoint
+    as it does trials whose worker crashed. Tune counts a trial that returned as terminated for good.
+    Returns the trial ids reopened."""
+    fs, path = filesystem(tune_dir)
+    states = [info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+              if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")]
+    if not states:
+        return []
+    latest = max(states)  # named experiment_state-<timestamp>.json
+    with fs.open_input_stream(latest) as fh:
+        state = json.loads(fh.read().decode())
+    reopened = []
+    for pair in state.get("trial_data", []):
+        trial, meta = json.loads(pair[0]), json.loads(pair[1])
+        last = meta.get("last_result") or meta.get("_last_result") or {}
+        if trial.get("status") == "TERMINATED" and last.get("status") == "failed":
+            trial["status"] = "ERROR"
+            pair[0] = json.dumps(trial, indent=2)
+            reopened.append(str(trial.get("trial_id")))
+    if reopened:
+        with fs.open_output_stream(latest) as fh:
+            fh.write(json.dumps(state).encode())
+    return reopened
 
 
 def _task_metric(name: str) -> str:
@@ -279,7 +348,11 @@ def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> 
                    best_valid=_float(m.get("best_valid")), valid_at_last=_float(m.get("valid")),
                    steps=m.get("step"), config_json=json.dumps(config, sort_keys=True),
                    env_json=json.dumps(environment(), sort_keys=True))
-        write_table(to_table([row], SUMMARY), root, "summary", o.trial.trial_id)
+        try:
+            write_table(to_table([row], SUMMARY), root, "summary", o.trial.trial_id)
+        except OSError as error:  # e.g. the disk that failed the trial is still full: the summary below says it
+            print(f"warning: could not record trial {o.trial.trial_id} as {o.status} in {root}/summary: {error}",
+                  file=sys.stderr)
 
 
 def _float(value: Any) -> float | None:

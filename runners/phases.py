@@ -25,7 +25,7 @@ from typing import Any
 from runners.local import TUNE_DIR, Outcome, _exists, _read_text, _write_text, new_tuner, \
     outcomes_of, restore_tuner
 from runners.study import Study, Trial, search_trial_id, tuned_trial_id
-from runners.trainable import GRID, PHASE, RESULTS, SAMPLE, SEED, STUDY, TASK, TUNED, VARIANT, name_index, \
+from runners.trainable import PHASE, POINT, RESULTS, SAMPLE, STUDY, TUNED, name_index, point, point_of, \
     trial_identity
 from suite.core.errors import SuiteError
 from suite.core.results import CURVE, read_table, read_trial_rows, to_table, write_table
@@ -68,8 +68,9 @@ def _study_trial(study: Study, name: str, config: dict[str, Any], phase: str) ->
     """The study's Trial of a Tune trial of a phase (None when the config cannot tell it)."""
     if config.get(PHASE) != phase:
         return None
-    trial_id, seed, point = trial_identity(config, name_index(name))
-    trial = study.resolve_trial(config[TASK], config[VARIANT], seed, point)
+    trial_id, seed, values = trial_identity(config, name_index(name))
+    task, variant, _, _ = point_of(config)
+    trial = study.resolve_trial(task, variant, seed, values)
     return dataclasses.replace(trial, trial_id=trial_id, phase=phase)
 
 
@@ -89,7 +90,7 @@ def _fit_experiment(study: Study, root: str, name: str, resume: bool, phase: str
 
     path = f"{root}/{TUNE_DIR}/{name}"
     tuner = restore_tuner(study, path) if resume and tune.Tuner.can_restore(path) else fresh()
-    outcomes = outcomes_of(tuner.fit(), lambda n, config: _study_trial(study, n, config, phase), root)
+    outcomes = outcomes_of(tuner, lambda n, config: _study_trial(study, n, config, phase), root)
     for o in outcomes:  # the experiment is over: no stopped trial can write again
         if o.status == "stopped" and isinstance(o.metrics.get("step"), int):
             trim_curve(root, o.trial.trial_id, o.metrics["step"])
@@ -103,8 +104,8 @@ def search_experiment(study: Study, task: str, variant: str, results: str, root:
     s = study.search
     assert s is not None
     mode, steps = _mode(task), _steps(study, task)
-    space: dict[str, Any] = {STUDY: study.to_dict(), RESULTS: results, PHASE: "search", TASK: task,
-                             VARIANT: variant, SEED: s.seed, GRID: {}}
+    space: dict[str, Any] = {STUDY: study.to_dict(), RESULTS: results, PHASE: "search",
+                             POINT: point(task, variant, s.seed, {})}
     extra: dict[str, Any] = {}
     if s.searcher == "random":  # pre-drawn, reproducible points: a grid over the samples
         space[SAMPLE] = tune.grid_search([{"index": i, "point": s.point(variant, i)} for i in range(s.samples)])
@@ -179,9 +180,9 @@ def final_experiment(study: Study, best: dict[str, dict[str, dict[str, Any]]], r
         print(f"final phase: {v} left out: none of its search trials reached a finite validation metric", flush=True)
     if not variants:
         return []
-    space = {STUDY: study.to_dict(), RESULTS: results, PHASE: "final", TUNED: best, GRID: {},
-             TASK: tune.grid_search(list(study.tasks)), VARIANT: tune.grid_search(variants),
-             SEED: tune.grid_search(list(study.seeds))}
+    space = {STUDY: study.to_dict(), RESULTS: results, PHASE: "final", TUNED: best,
+             POINT: tune.grid_search([point(task, v, seed, {}) for task in study.tasks for v in variants
+                                      for seed in study.seeds])}
     try:
         outcomes = _fit_experiment(study, root, "final", resume, "final",
                                    lambda: new_tuner(study, space, f"{root}/{TUNE_DIR}", "final"))
@@ -212,6 +213,6 @@ def run_phases(study: Study, results: str, root: str, resume: bool) -> list[Outc
     if recorded is None:
         _write_text(f"{root}/{BEST_FILE}", json.dumps(best, indent=2, sort_keys=True))
     for task, points in best.items():
-        for variant, point in points.items():
-            print(f"best {task} {variant} by validation: {point}", flush=True)
+        for variant, values in points.items():
+            print(f"best {task} {variant} by validation: {values}", flush=True)
     return outcomes + final_experiment(study, best, results, root, resume and _exists(f"{root}/{TUNE_DIR}/final"))

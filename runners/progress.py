@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from runners.trainable import TASK, trial_identity
+from runners.trainable import point_of, trial_identity
 
 
 def _fmt(value: Any) -> str:
@@ -61,7 +61,7 @@ class Progress(tune.Callback):
         """An evaluation came in."""
         if result.get("status", "running") != "running":
             return  # the closing report; on_trial_complete prints it
-        metric = self.metric.get(trial.config.get(TASK), "metric")
+        metric = self.metric.get(point_of(trial.config)[0], "metric")
         self._say(trials, f"{trial_name(trial)} step {result.get('step')}/{result.get('total_steps')} valid {metric} "
                           f"{_fmt(result.get('valid'))} (best {_fmt(result.get('best_valid'))})")
 

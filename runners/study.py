@@ -17,7 +17,10 @@ so every variant sees the same seeds. Layout of a study file:
     task = { source = "sample", pool = 2 }
 
     [grid]                               # optional hyperparameter grid: key -> values
-    "model.gamma_init" = [0.1, 0.3]
+    "optim.lr" = [1e-3, 1e-2]
+
+    [variant_grid.bn_lstm]               # optional: a grid for one variant only, on top of [grid]
+    "model.gamma_init" = [0.1, 1.0]      #   (a variant's own options; other variants run once)
 
     [resources]                          # what one trial asks of a node
     cpu = 1
@@ -43,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,12 +54,13 @@ from pathlib import Path
 from typing import Any
 
 from runners.search import Search, check_steps, parse_search, probe_points
+from suite.core import device
 from suite.core.config import RunConfig, build_dataclass, load_toml, merge
 from suite.core.errors import ConfigError
 from tasks.resolve import resolve
 
-KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "resources",
-        "early_stopping", "failure", "search")
+KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "variant_grid",
+        "resources", "early_stopping", "failure", "search")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -110,6 +115,7 @@ class Study:
     tasks: Mapping[str, Mapping[str, Any]]
     config: Mapping[str, Any] = field(default_factory=dict)
     grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    variant_grid: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     failure: Failure = field(default_factory=Failure)
@@ -135,16 +141,17 @@ class Study:
         config = resolve(self.raw_config(task, variant, seed, point), f"{self.source} (trial {trial_id})")
         return Trial(trial_id, task, variant, seed, dict(point), config)
 
-    def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the hyperparameter grid ([{}] without a grid)."""
-        keys = list(self.grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
+    def grid_points(self, variant: str | None = None) -> list[dict[str, Any]]:
+        """Every combination of the grid, with `variant`'s own grid on top ([{}] without a grid)."""
+        grid = dict(self.grid) | dict(self.variant_grid.get(variant, {}) if variant else {})
+        keys = list(grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
     def trials(self) -> list[Trial]:
-        """All trials, tasks x variants x seeds x grid, each config resolved and validated."""
+        """All trials, tasks x variants x seeds x grid (x the variant's grid), each config resolved and validated."""
         trials = [self.resolve_trial(task, variant, seed, point)
                   for task in self.tasks for variant in self.variants for seed in self.seeds
-                  for point in self.grid_points()]
+                  for point in self.grid_points(variant)]
         if not trials:
             raise ConfigError(f"{self.source}: the study expands to zero trials "
                               f"({len(self.tasks)} tasks x {len(self.variants)} variants x {len(self.seeds)} seeds"
@@ -155,7 +162,24 @@ class Study:
                 raise ConfigError(f"{self.source}: two trials share the id {trial.trial_id!r}; "
                                   f"make the seeds or grid values distinct")
             seen[trial.trial_id] = trial
+            self._check_gpu(trial)
         return trials
+
+    def _check_gpu(self, trial: Trial) -> None:
+        """A CUDA device needs GPUs in [resources]: Ray shows a trial only the GPUs it was given,
+        numbered from 0 (whatever the node has), and none at all with gpu = 0."""
+        name = trial.config.train.device
+        if not name.startswith("cuda"):
+            return
+        where = f"{self.source} (trial {trial.trial_id}): train.device = {name!r}"
+        given = math.ceil(self.resources.gpu)
+        if given == 0:
+            raise ConfigError(f"{where}, but [resources] gpu = 0 gives trials no GPU; set [resources] gpu "
+                              f"(e.g. 1, or 0.25 to share one) or use train.device = auto or cpu")
+        wanted = device.index(name)
+        if wanted is not None and wanted >= given:
+            raise ConfigError(f"{where}, but each trial sees only its {given} GPU(s), numbered from cuda:0; "
+                              f"use train.device = cuda")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (what travels to each Tune trial)."""
@@ -163,6 +187,7 @@ class Study:
                 "seeds": list(self.seeds), "report": self.report, "config": dict(self.config),
                 "tasks": {k: dict(v) for k, v in self.tasks.items()},
                 "grid": {k: list(v) for k, v in self.grid.items()},
+                "variant_grid": {v: {k: list(x) for k, x in g.items()} for v, g in self.variant_grid.items()},
                 "resources": vars(self.resources).copy(), "early_stopping": vars(self.early_stopping).copy(),
                 "failure": vars(self.failure).copy(), "source": self.source}
         return data | ({"search": self.search.to_dict()} if self.search else {})
@@ -210,6 +235,16 @@ def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _grid(table: dict[str, Any], where: str, source: str) -> dict[str, tuple[Any, ...]]:
+    """Check a grid table (SECTION.KEY -> non-empty list) and freeze its lists."""
+    for key, values in table.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: {where} {key!r} must be a non-empty list of values")
+        if "." not in key:
+            raise ConfigError(f"{source}: {where} key {key!r} must be SECTION.KEY, e.g. \"optim.lr\"")
+    return {k: tuple(v) for k, v in table.items()}
+
+
 def parse_study(raw: Mapping[str, Any], source: str = "study") -> Study:
     """Validate the study's own keys (trial configs are checked by `Study.trials`)."""
     unknown = sorted(set(raw) - set(KEYS))
@@ -224,21 +259,29 @@ def parse_study(raw: Mapping[str, Any], source: str = "study") -> Study:
     for task, settings in tasks.items():
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{source}: [tasks.{task}] must be a table of run-config sections")
-    grid = _table(raw, "grid", source)
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: [grid] {key!r} must be a non-empty list of values")
-        if "." not in key:
-            raise ConfigError(f"{source}: [grid] key {key!r} must be SECTION.KEY, e.g. \"optim.lr\"")
+    grid = _grid(_table(raw, "grid", source), "[grid]", source)
+    variants = _list(raw, "variants", str, source)
+    variant_grid = {}
+    for variant, table in _table(raw, "variant_grid", source).items():
+        where = f"[variant_grid.{variant}]"
+        if variant not in variants:
+            raise ConfigError(f"{source}: {where} names a variant the study does not run; variants: "
+                              f"{', '.join(variants)}")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: {where} must be a table of key -> values")
+        variant_grid[variant] = _grid(dict(table), where, source)
+        both = sorted(set(grid) & set(variant_grid[variant]))
+        if both:
+            raise ConfigError(f"{source}: {both[0]!r} is in both [grid] and {where}; keep it in one")
     report = raw.get("report")
-    if "search" in raw and grid:
-        raise ConfigError(f"{source}: a study has either a [grid] or a [search], not both; "
+    if "search" in raw and (grid or variant_grid):
+        raise ConfigError(f"{source}: a study has either a [grid] (or [variant_grid]) or a [search], not both; "
                           f"turn grid axes into `choice` spaces of the search")
     if report is not None and not isinstance(report, str):
         raise ConfigError(f"{source}: `report` must be a file name, e.g. report = \"report.html\"")
     study = Study(
-        name=name, variants=_list(raw, "variants", str, source), seeds=_list(raw, "seeds", int, source),
-        tasks=tasks, config=_table(raw, "config", source), grid={k: tuple(v) for k, v in grid.items()},
+        name=name, variants=variants, seeds=_list(raw, "seeds", int, source),
+        tasks=tasks, config=_table(raw, "config", source), grid=grid, variant_grid=variant_grid,
         resources=build_dataclass(Resources, _table(raw, "resources", source), f"{source} [resources]"),
         early_stopping=build_dataclass(EarlyStopping, _table(raw, "early_stopping", source),
                                        f"{source} [early_stopping]"),

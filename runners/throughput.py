@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from runners.shapes import DIRECTIONS, PAPER_SHAPES, SHAPES, Shape
+from runners.shapes import DIRECTIONS, SHAPES, Shape
 from suite.core import variants
 from suite.core.errors import ConfigError
 

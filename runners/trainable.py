@@ -12,26 +12,31 @@ instead of training again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from runners.study import from_dict
+from runners.study import from_dict, make_trial_id, search_trial_id, tuned_trial_id
+from suite.core.errors import SuiteError
 from suite.core.provenance import write_run
 from suite.core.results import CURVE, read_trial_row, to_table, write_table
 from suite.core.train import Evaluation, fit
 from tasks.base import create
 
-# Keys of the dict Tune passes to a trial (`param_space` in runners.local and runners.phases).
-STUDY, RESULTS, TASK, VARIANT, SEED, GRID = "study", "results", "task", "variant", "seed", "grid"
+# Keys of the dict Tune passes to a trial (`param_space` in runners.local): the study, the results
+# location and the trial's point, itself a dict of task, variant, seed and grid values. One axis of
+# points (not task x variant x seed x grid) because a variant may have its own grid ([variant_grid]).
+STUDY, RESULTS, POINT = "study", "results", "point"
+TASK, VARIANT, SEED, GRID = "task", "variant", "seed", "grid"
 # Tuned studies (runners.phases): the phase; a search trial's sample {"index": i, "point": {...}} (the
 # index is absent when a Tune searcher draws the point: the trial's name then carries it); the final
 # phase's best points {task: {variant: point}}.
@@ -41,29 +46,37 @@ STATE_FILE = "state.pt"
 DONE = ("finished", "diverged", "stopped")
 
 
+def point(task: str, variant: str, seed: int, grid: Mapping[str, Any]) -> dict[str, Any]:
+    """The grid point of one trial as Tune carries it."""
+    return {TASK: task, VARIANT: variant, SEED: seed, GRID: dict(grid)}
+
+
+def point_of(config: Mapping[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
+    """(task, variant, seed, grid) of the trial whose Tune config is `config`."""
+    p = config[POINT]
+    return p[TASK], p[VARIANT], p[SEED], dict(p[GRID])
+
+
 def trial_identity(params: Mapping[str, Any], index: int | None = None) -> tuple[str, int, dict[str, Any]]:
     """(trial id, training seed, config point) of a trial from its Tune config; `index` is the search
     sample's number when the config does not carry it (drawn by a Tune searcher)."""
-    from runners.study import make_trial_id, search_trial_id, tuned_trial_id
-
+    task, variant, seed, grid = point_of(params)
     phase = params.get(PHASE)
     if phase == "search":
         sample = params[SAMPLE]
         index = sample.get("index", index)
         if index is None:
             raise ValueError("a search trial without a sample index")
-        seed = params[STUDY]["search"]["seed"]
-        return search_trial_id(params[TASK], params[VARIANT], index), seed, dict(sample["point"])
+        return search_trial_id(task, variant, index), seed, dict(sample["point"])
     if phase == "final":
-        point = params[TUNED][params[TASK]][params[VARIANT]]
-        return tuned_trial_id(params[TASK], params[VARIANT], params[SEED]), params[SEED], dict(point)
-    return make_trial_id(params[TASK], params[VARIANT], params[SEED], params[GRID]), params[SEED], dict(params[GRID])
+        return tuned_trial_id(task, variant, seed), seed, dict(params[TUNED][task][variant])
+    return make_trial_id(task, variant, seed, grid), seed, grid
 
 
-def recorded_point(phase: str | None, point: Mapping[str, Any]) -> dict[str, Any]:
+def recorded_point(phase: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
     """Where a trial's config record keeps its point: under "grid" (search trials and grid studies: it tells
     arms apart), under "tuned" for final trials (one arm per variant, compared at its own tuned settings)."""
-    return {"tuned" if phase == "final" else "grid": dict(point)}
+    return {"tuned" if phase == "final" else "grid": dict(values)}
 
 
 def name_index(name: str) -> int | None:
@@ -135,9 +148,9 @@ def train_trial(params: dict[str, Any]) -> None:
 
     study = from_dict(params[STUDY])
     phase = params.get(PHASE)
-    trial_id, seed, point = trial_identity(params, name_index(tune.get_context().get_trial_name() or ""))
-    trial = dataclasses.replace(study.resolve_trial(params[TASK], params[VARIANT], seed, point), trial_id=trial_id,
-                                phase=phase)
+    trial_id, seed, values = trial_identity(params, name_index(tune.get_context().get_trial_name() or ""))
+    task_name, variant, _, _ = point_of(params)
+    trial = dataclasses.replace(study.resolve_trial(task_name, variant, seed, values), trial_id=trial_id, phase=phase)
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
@@ -158,27 +171,49 @@ def train_trial(params: dict[str, Any]) -> None:
         rows, resume = saved["rows"], saved["fit"]
         stopper.load(saved["stopper"])
 
+    last: dict[str, Any] = {"step": 0, "total_steps": config.train.steps, "status": "failed"}
+
     def on_report(report: Evaluation) -> bool:
         nonlocal rows
         rows = merge_rows(rows, [dict(keys, **row) for row in report.rows])
-        # The curve so far, rewritten whole (atomically): readable while the study runs.
-        write_table(to_table(rows, CURVE), root, "curve", trial.trial_id)
         valid = report.rows[-1]["value"]
         stop = stopper.update(report.step, valid)
         metrics = {"step": report.step, "total_steps": report.total_steps, "valid": valid,
                    "train_loss": report.rows[0]["loss"], "best_valid": stopper.best, "status": "running"}
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({"fit": report.checkpoint(), "rows": rows, "stopper": stopper.state()},
-                       Path(folder) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        with _writing(root):
+            # The curve so far, rewritten whole (atomically): readable while the study runs.
+            write_table(to_table(rows, CURVE), root, "curve", trial.trial_id)
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"fit": report.checkpoint(), "rows": rows, "stopper": stopper.state()},
+                           Path(folder) / STATE_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last.update(step=report.step, valid=valid, best_valid=stopper.best)
         return stop
 
-    started = time.perf_counter()
-    result = fit(task, config, on_report=on_report, resume=resume)
-    fit_seconds = time.perf_counter() - started
-    summary = dict(result.summary)
-    write_run(root, keys, rows, summary,
-              config.to_dict() | {"task_facts": task.describe()} | recorded_point(phase, trial.grid),
-              result.lengths, where={"ray_node_id": ray.get_runtime_context().get_node_id(),
-                                     "hostname": socket.gethostname()})
+    try:
+        started = time.perf_counter()
+        result = fit(task, config, on_report=on_report, resume=resume)
+        fit_seconds = time.perf_counter() - started
+        summary = dict(result.summary)
+        with _writing(root):
+            write_run(root, keys, rows, summary,
+                      config.to_dict() | {"task_facts": task.describe()} | recorded_point(phase, trial.grid),
+                      result.lengths,
+                      where={"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()})
+    except SuiteError as error:
+        # Not retried: a retry from the last checkpoint meets the same full disk or bad setting. The trial
+        # ends here, `failed` with the reason; `--resume` starts it again from that checkpoint (runners.local).
+        tune.report(last | {"error": str(error), "pid": os.getpid()})
+        return
     tune.report(final_metrics(summary | {"status": result.status}, config.train.steps, fit_seconds))
+
+
+@contextlib.contextmanager
+def _writing(root: str) -> Iterator[None]:
+    """Turn a failed write of the trial's tables or checkpoint (full disk, read-only, quota) into a
+    SuiteError naming the cause and the fix."""
+    try:
+        yield
+    except OSError as error:
+        raise SuiteError(f"cannot write results under {root}: {error}; free space or fix the location, "
+                         f"then run the study again with --resume") from None

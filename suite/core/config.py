@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.core import device as devices
 from suite.core.errors import ConfigError
 
 
@@ -267,12 +268,11 @@ def check_ranges(config: RunConfig, source: str) -> None:
         (config.train.eval_stats in EVAL_STATS, f"train.eval_stats must be one of {', '.join(EVAL_STATS)}"),
         (config.train.reestimate_batches >= 1, "train.reestimate_batches must be >= 1"),
         (all(n >= 1 for n in config.train.eval_lengths), "train.eval_lengths must all be >= 1"),
-        (config.train.device == "auto" or config.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
-         "train.device must be auto, cpu, cuda or cuda:N"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    devices.check_name(config.train.device, f"{source}: train.device")
 
 
 def read_raw(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -1,4 +1,20 @@
-"""Process-level performance settings: glibc malloc tuning for training processes.
+"""Process-level performance settings: OpenMP threads that sleep instead of spinning, a thread
+count that fits the CPUs this process may use, and glibc malloc tuning.
+
+Threads. torch's CPU build and the native kernels share one OpenMP runtime (torch's libgomp).
+By default its idle workers spin for milliseconds after every parallel region; a recurrent
+time loop enters several regions per step, so two processes on the same cores burn each
+other's time slices spinning, and every barrier then waits a whole slice for a descheduled
+thread (issue 14: 70x slower training for two `suite train` at once on 2 cores).
+`set_thread_env()` sets `OMP_WAIT_POLICY=PASSIVE` (and Intel OpenMP's `KMP_BLOCKTIME=0`) in the
+environment; the runtime reads it once, when torch is imported, so `suite/__init__.py` calls
+it before anything imports torch, and Ray workers get it through `thread_env()`. A value the
+user set wins. `configure_threads()` caps torch's intra-op threads at `available_cpus()`
+(the affinity mask and a cgroup CPU quota, not the machine's core count).
+`tune_process()` applies threads and malloc settings; `fit`, `suite bench` and the benchmarks
+call it, so `suite train` and every Ray Tune trial run alike.
+
+Malloc.
 
 A recurrent time loop allocates and frees thousands of mid-sized tensors per batch. With
 glibc's defaults, blocks above the (dynamic) mmap threshold are mmap'ed and unmapped every
@@ -15,7 +31,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
+import sys
+from pathlib import Path
 
 ENV_VAR = "RECNORM_MALLOC_TUNING"
 # mallopt parameter numbers from glibc's malloc.h.
@@ -82,3 +101,82 @@ def malloc_tuning_state() -> str:
     if all(f"{k}={v}" in tunables for k, v in TUNABLES.items()):
         return "tunables"
     return "disabled" if not malloc_tuning_enabled() else "default"
+
+
+# Idle OpenMP workers sleep at once instead of spinning (libgomp; Intel OpenMP reads KMP_BLOCKTIME).
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# Whether the wait policy above was in the environment when torch (and so OpenMP) was loaded.
+_policy_at_torch_import: str | None = None
+
+
+def thread_env() -> dict[str, str]:
+    """The OpenMP settings for a child process (or Ray worker); the user's own values win."""
+    return {key: os.environ.get(key, value) for key, value in THREAD_ENV.items()}
+
+
+def set_thread_env() -> None:
+    """Put `thread_env()` into os.environ; in force only if torch is not imported yet (module doc)."""
+    global _policy_at_torch_import
+    already = "torch" in sys.modules
+    policy_before = os.environ.get("OMP_WAIT_POLICY")
+    for key, value in THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+    _policy_at_torch_import = policy_before if already else os.environ["OMP_WAIT_POLICY"]
+
+
+def wait_policy() -> str:
+    """OpenMP's wait policy as torch loaded it: PASSIVE, ACTIVE, or 'default (spinning)' when unset then."""
+    return _policy_at_torch_import.upper() if _policy_at_torch_import else "default (spinning)"
+
+
+def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by a cgroup CPU quota (v2 cpu.max or v1 cfs quota), None without a quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, lowered by a cgroup quota (at least 1)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: `threads`, else its current count capped at `available_cpus()`."""
+    import torch
+
+    chosen = threads if threads is not None else min(torch.get_num_threads(), available_cpus())
+    if chosen != torch.get_num_threads():
+        torch.set_num_threads(chosen)
+    return chosen
+
+
+def tune_process(threads: int | None = None) -> None:
+    """Every process-level setting of a training or benchmark process: threads, then malloc."""
+    configure_threads(threads)
+    apply_malloc_tuning()
+
+
+def thread_state() -> dict[str, object]:
+    """What a result records about threads: the count, the CPUs available, OpenMP's wait policy."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "available_cpus": available_cpus(),
+            "omp_wait_policy": wait_policy()}

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from suite.core import perf
 from suite.core.backends.native import build as native_build
 from suite.core.results import CURVE, LENGTHS, SUMMARY, to_table, write_table
 
@@ -32,7 +33,7 @@ def environment() -> dict[str, Any]:
            "torch": torch.__version__, "pyarrow": pa.__version__, "ray": version("ray"),
            "recnorm_suite": version("recnorm-suite"), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "native_kernels": native_build.status()}
+           "native_kernels": native_build.status()} | perf.thread_state()
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

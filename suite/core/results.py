@@ -11,6 +11,7 @@ reports can read results without torch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Mapping
@@ -148,8 +149,14 @@ def write_table(table: pa.Table, root: str, name: str, trial_id: str) -> str:
     fs.create_dir(folder, recursive=True)
     final = f"{folder}/{trial_id}.parquet"
     temp = f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, temp, filesystem=fs)
-    fs.move(temp, final)
+    try:
+        pq.write_table(table, temp, filesystem=fs)
+        fs.move(temp, final)
+    except BaseException:
+        # A full disk or a quota leaves a truncated temporary file: remove it (readers skip dot-files anyway).
+        with contextlib.suppress(OSError):
+            fs.delete_file(temp)
+        raise
     return final
 
 

@@ -24,6 +24,7 @@ import torch
 from suite.core import perf
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.core.config import OptimConfig, RunConfig, TrainConfig
+from suite.core.device import pick_device  # noqa: F401 -- also part of this module's API
 from suite.core.errors import ConfigError
 
 # Training-data stream used for re-estimating statistics, apart from the training stream itself.
@@ -66,13 +67,6 @@ class RunResult:
     curve: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     lengths: list[dict[str, Any]] = field(default_factory=list)
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' means the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -180,7 +174,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Evaluation], bool | None] 
     with its summary and test metrics.
     """
     train = config.train
-    perf.apply_malloc_tuning()  # every training process, Ray workers included (README, Speed)
+    perf.tune_process()  # threads and malloc of every training process, Ray workers included (README, Speed)
     device = pick_device(train.device)
     seed_everything(train.seed)
     task.prepare()

@@ -2,8 +2,9 @@
 
 Run with `pytest tests/bench --benchmark-only [--benchmark-json out.json]`; the default test
 run does not collect this folder (see tests/conftest.py). RECNORM_BENCH_THREADS=N sets
-torch's intra-op threads first (1 gives stable figures on a machine shared with other jobs:
-oversubscribed OpenMP threads spin and make two-thread timings swing by 5x).
+torch's intra-op threads first (default: torch's, capped at the CPUs this process may use).
+OpenMP's idle threads sleep (suite.core.perf), so a busy machine slows the figures down but no
+longer makes two-thread timings swing by 5x.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ THREADS_ENV = "RECNORM_BENCH_THREADS"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Apply the suite's malloc settings and the requested thread count before anything runs."""
-    import torch
-
+    """Apply the suite's process settings (threads, malloc) before anything runs."""
     from suite.core import perf
 
-    perf.apply_malloc_tuning()
-    if os.environ.get(THREADS_ENV):
-        torch.set_num_threads(int(os.environ[THREADS_ENV]))
+    perf.tune_process(int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else None)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -42,6 +39,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["mkldnn"] = torch.backends.mkldnn.is_available()
     machine_info["malloc_tuning"] = perf.malloc_tuning_state()
+    machine_info["omp_wait_policy"] = perf.wait_policy()
+    machine_info["available_cpus"] = perf.available_cpus()
     machine_info["native_kernels"] = native_build.status()
     machine_info["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 

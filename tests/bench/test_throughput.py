@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from runners import throughput as tp
+from runners.shapes import PAPER_SHAPES
 
-CASES = list(tp.grid(None, list(tp.PAPER_SHAPES), list(tp.DIRECTIONS)))
+CASES = list(tp.grid(None, list(PAPER_SHAPES), list(tp.DIRECTIONS)))
 IDS = [f"{shape.name}-{direction}-{entry.label}" for entry, shape, direction in CASES]
 GPU_ROUNDS = 10
 

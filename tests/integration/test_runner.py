@@ -204,6 +204,101 @@ def test_sigkill_driver_then_resume(tmp_path, ray_tmp):
     assert f"{unheard} step " not in out  # kept, not trained again
     assert statuses(root) == {fast: "finished", slow: "finished", unheard: "finished"}
     assert curve_steps(root, fast) == [20]
-    assert curve_steps(root, slow) == list(range(100, 1501, 100))
+    assert curve_steps(root, slow) == list(range(20, 601, 20))
+    curve = read_table(str(root), "curve").to_pandas()
+    assert not curve.duplicated(["trial_id", "step", "split"]).any()
+
+
+def test_second_driver_is_refused_and_a_killed_driver_leaves_no_lock(tmp_path, ray_tmp):
+    """Issue 14: a second `suite run` (--resume or fresh) on a running study is refused in one line;
+    after kill -9 of the first driver, --resume is accepted and finishes the study."""
+    path = tmp_path / "locked.toml"
+    path.write_text(study_text("locked", steps=1500, eval_every=100))
+    results = tmp_path / "res"
+    root = results / "locked"
+    trial = "adding-lstm-s0"
+    proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
+    wait_for(lambda: len(curve_steps(root, trial)) >= 1, proc)
+    for extra in (["--resume"], []):
+        code, out = finish(start(["run", str(path), "--results", str(results), *extra], ray_tmp), timeout=120)
+        lines = out.strip().splitlines()
+        assert code == 2 and len(lines) == 1, out
+        assert lines[0].startswith("error: study locked in ") and f"another driver (pid {proc.pid} on " in lines[0]
+    assert proc.poll() is None, "the first driver must be unaffected"
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.communicate()
+    stop_processes(children)
+    stop_ray_in(ray_tmp)
+    code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
+                             TUNE_GLOBAL_CHECKPOINT_S="1"))
+    assert code == 0, out
+    assert statuses(root) == {trial: "finished"}
+    assert curve_steps(root, trial) == list(range(100, 1501, 100))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs of the test's own (needs root or CAP_SYS_ADMIN; skipped otherwise), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (65536, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_fails_the_trial_once_and_resume_finishes(small_disk, ray_tmp):
+    """Issue 14: a write that hits a full disk ends that trial `failed` with the reason, not retried; the
+    driver ends with its summary; every Parquet file stays readable; --resume with space again finishes."""
+    path = small_disk.parent / "full.toml"
+    path.write_text(study_text("full", steps=600, eval_every=20, max_failures=2)
+                    + '\n[grid]\n"train.steps" = [20, 600]\n')
+    results = small_disk / "res"
+    root = results / "full"
+    fast, slow = "adding-lstm-s0-steps=20", "adding-lstm-s0-steps=600"
+    proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
+    wait_for(lambda: (root / "summary" / f"{fast}.parquet").exists() and len(curve_steps(root, slow)) >= 1, proc,
+             timeout=400)
+    filler = fill(small_disk)
+    code, out = finish(proc, timeout=400)
+    assert code == 1, out
+    assert "Traceback" not in out and "EOFError" not in out, out
+    line = next(line for line in out.splitlines() if line.strip().startswith(slow))
+    assert " failed " in line and "No space left on device" in line and "--resume" in line, out
+    assert f"{slow} step " not in out.split("summary")[-1]
+    assert out.count("cannot write results") <= 2  # the progress line and the summary, no retries
+    for parquet in root.rglob("*.parquet"):
+        pq.read_table(parquet)  # nothing half-written where a reader looks
+    assert not [p for p in root.rglob("*.tmp") if "/tune/" not in str(p)]
+    assert read_trial_row(str(root), "summary", fast)["status"] == "finished"
+    steps_before = curve_steps(root, slow)
+    assert steps_before and steps_before[-1] < 600, "the slow trial ended before the disk filled; make it longer"
+    filler.unlink()
+    code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
+                             TUNE_GLOBAL_CHECKPOINT_S="1"), timeout=400)
+    assert code == 0, out
+    assert statuses(root) == {fast: "finished", slow: "finished"}
+    assert curve_steps(root, slow) == list(range(20, 601, 20))
     curve = read_table(str(root), "curve").to_pandas()
     assert not curve.duplicated(["trial_id", "step", "split"]).any()

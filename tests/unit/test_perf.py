@@ -113,3 +113,84 @@ def test_fit_applies_the_malloc_settings(monkeypatch):
     task = create(config.task.name, config.task.options, None, None)
     assert fit(task, config).status == "finished"
     assert calls
+
+
+# A parallel op on two threads, then sleeps: the process's CPU time during a sleep is what its
+# idle OpenMP worker burns spinning. Prints the median in milliseconds.
+_IDLE_BURN = textwrap.dedent("""
+    import sys, time
+    if sys.argv[1] == "suite":
+        import suite  # noqa: F401 -- the suite's OpenMP settings, before torch
+    import torch
+    torch.set_num_threads(2)
+    a, b = torch.randn(4_000_000), torch.randn(4_000_000)
+    burnt = []
+    for _ in range(15):
+        torch.add(a, b)
+        start = time.process_time()
+        time.sleep(0.02)
+        burnt.append(time.process_time() - start)
+    print(sorted(burnt)[len(burnt) // 2] * 1e3)
+""")
+
+
+def _idle_burn_ms(how: str, env: dict[str, str]) -> float:
+    clean = {k: v for k, v in os.environ.items() if k not in perf.THREAD_ENV} | env
+    done = subprocess.run([sys.executable, "-c", _IDLE_BURN, how], capture_output=True, text=True, env=clean,
+                          timeout=120, check=True)
+    return float(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp wait policy")
+def test_idle_openmp_threads_sleep_once_suite_is_imported():
+    """Issue 14: spinning OpenMP workers made two processes on shared cores 70x slower."""
+    spinning = _idle_burn_ms("plain", {"OMP_WAIT_POLICY": "ACTIVE"})  # the measurement can see a spin
+    sleeping = _idle_burn_ms("suite", {})
+    assert sleeping < 1.0 and sleeping < spinning / 4, (sleeping, spinning)
+
+
+def test_thread_env_keeps_the_users_choice(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert perf.thread_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert perf.thread_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_wait_policy_is_in_force_in_this_process():
+    # tests/conftest.py imports suite before torch, as every entry point of the suite does.
+    assert perf.wait_policy() == os.environ["OMP_WAIT_POLICY"].upper()
+
+
+@pytest.mark.parametrize(("files", "want"), [
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_cgroup_quota_is_read(tmp_path, files, want):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert perf._cgroup_cpus(tmp_path) == want
+
+
+def test_threads_never_exceed_the_cpus_available(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(perf, "available_cpus", lambda: 1)
+    try:
+        torch.set_num_threads(2)
+        assert perf.configure_threads() == 1 and torch.get_num_threads() == 1
+        assert perf.configure_threads(2) == 2  # an explicit count is the user's choice
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_available_cpus_follows_the_affinity_mask():
+    code = "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); " \
+           "from suite.core import perf; print(perf.available_cpus())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split()[-1] == "1"

@@ -128,7 +128,7 @@ def test_bad_search_settings_are_refused(tmp_path, change, message):
 
 
 def test_search_refuses_grid_unknown_variant_and_missing_optuna(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="either a \\[grid\\] or a \\[search\\]"):
+    with pytest.raises(ConfigError, match="either a \\[grid\\] \\(or \\[variant_grid\\]\\) or a \\[search\\]"):
         load_study(study_file(tmp_path, TUNED + LR + '\n[grid]\n"optim.clip" = [1.0, 2.0]\n'))
     with pytest.raises(ConfigError, match="names a variant the study does not run"):
         load_study(study_file(tmp_path, TUNED + LR + '\n[search.variants.wn_lstm]\n"optim.lr" = { choice = [0.1] }\n'))
@@ -211,16 +211,17 @@ def test_trial_names_of_each_phase():
     """Search trials are numbered by their sample (pre-drawn) or by Tune's creation order (a searcher's
     experiment tag starts with a counter from 1); final trials carry their seed and `-tuned`."""
     from runners.progress import trial_name
-    from runners.trainable import name_index, trial_identity
+    from runners.trainable import name_index, point, trial_identity
 
-    study = {"search": {"seed": 7}}
-    base = {"study": study, "task": "adding", "variant": "lstm", "seed": 7, "grid": {}}
-    drawn = base | {"phase": "search", "sample": {"index": 4, "point": {"optim.lr": 0.01}}}
+    def config(phase, seed=7, grid=None, **extra):
+        return {"study": {}, "phase": phase, "point": point("adding", "lstm", seed, grid or {})} | extra
+
+    drawn = config("search", sample={"index": 4, "point": {"optim.lr": 0.01}})
     assert trial_identity(drawn) == ("adding-lstm-search004", 7, {"optim.lr": 0.01})
-    searched = base | {"phase": "search", "sample": {"point": {"optim.lr": 0.02}}}
+    searched = config("search", sample={"point": {"optim.lr": 0.02}})
     assert trial_name(SimpleNamespace(config=searched, experiment_tag="3_optim.lr=0.02")) == "adding-lstm-search002"
     assert name_index("adding-lstm-search002") == 2 and name_index("adding-lstm-s0") is None
-    final = base | {"phase": "final", "seed": 1, "tuned": {"adding": {"lstm": {"optim.lr": 0.03}}}}
+    final = config("final", seed=1, tuned={"adding": {"lstm": {"optim.lr": 0.03}}})
     assert trial_identity(final) == ("adding-lstm-s1-tuned", 1, {"optim.lr": 0.03})
-    grid = base | {"seed": 0, "grid": {"optim.lr": 0.1}}
-    assert trial_name(SimpleNamespace(config=grid, experiment_tag="0_grid=...")) == "adding-lstm-s0-lr=0.1"
+    grid = config(None, seed=0, grid={"optim.lr": 0.1})
+    assert trial_name(SimpleNamespace(config=grid, experiment_tag="0_point=...")) == "adding-lstm-s0-lr=0.1"

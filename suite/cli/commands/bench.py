@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
                         help="fwd+bwd (a training batch) or fwd (evaluation); repeatable; default both")
     parser.add_argument("--rounds", type=int, help="timed rounds per variant (default: the shape's CPU rounds, 10 on GPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, at most the CPUs this process may use)")
     parser.add_argument("--results", required=True, metavar="DIR", help="where the throughput table goes")
     parser.add_argument("--name", default="bench", help="study name: rows go to DIR/NAME/throughput/ (default bench)")
     parser.add_argument("--quiet", action="store_true", help="no table on stdout")
@@ -40,21 +40,19 @@ def main(args: argparse.Namespace) -> int:
 
     from runners import throughput as tp
     from suite.core import perf
+    from suite.core.device import pick_device
     from suite.core.provenance import environment
     from suite.core.results import THROUGHPUT, check_writable, to_table, write_table
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: this machine has no CUDA device")
+    device = pick_device(args.device, "--device")
     if args.rounds is not None and args.rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
     cases = list(tp.grid(args.variants, args.shapes or ["smnist"], args.directions or list(tp.DIRECTIONS)))
     check_writable(args.results)
-    perf.apply_malloc_tuning()
+    perf.tune_process(args.threads)
     env = json.dumps(environment() | {"malloc_tuning": perf.malloc_tuning_state()}, sort_keys=True)
     trial_id = f"bench-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}"
     groups: dict[tuple[str, str], list[tuple[tp.Entry, tp.Shape, str]]] = {}

@@ -1,4 +1,7 @@
-"""`suite report STUDY_DIR`: the study's Arrow tables -> a markdown report with PNG figures beside it."""
+"""`suite report STUDY_DIR [STUDY_DIR ...]`: Arrow tables -> a markdown report with PNG figures beside it.
+
+Several studies are merged into one report (reports.merge) so the claims use every seed.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from suite.core.errors import ConfigError
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     """Arguments of `suite report`."""
-    parser.add_argument("study", metavar="RESULTS_DIR/STUDY", help="a study's results directory (holds summary/, curve/, ...)")
-    parser.add_argument("--out", metavar="FILE.md", help="where the markdown goes (default: STUDY/report.md); "
-                                                        "figures are written beside it")
+    parser.add_argument("study", metavar="RESULTS_DIR/STUDY", nargs="+",
+                        help="a study's results directory (holds summary/, curve/, ...); several are merged into one "
+                             "report (same tasks and settings) so the claims use every seed")
+    parser.add_argument("--out", metavar="FILE.md", help="where the markdown goes (default: STUDY/report.md; required "
+                                                        "for several studies); figures are written beside it")
     parser.add_argument("--benchmark-json", metavar="FILE", help="a pytest-benchmark JSON to include as a throughput table")
     parser.add_argument("--target-fraction", type=float, default=0.95, metavar="F",
                         help="convergence target: F x the best mean LSTM validation value (1/F x for "

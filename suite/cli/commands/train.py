@@ -26,6 +26,7 @@ def main(args: argparse.Namespace) -> int:
     from tasks.resolve import load_run_config
     from suite.core.provenance import write_run
     from suite.core.results import check_writable
+    from suite.core.device import check_available
     from suite.core.train import fit
     from tasks.base import create
 
@@ -39,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data.dir={args.data_dir!r}".replace("'", '"'))
     config = load_run_config(args.config, overrides)
+    check_available(config.train.device)  # before data and training: one line naming the fix
     task = create(config.task.name, config.task.options, config.data.dir, config.data.path)
     check_writable(args.results)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))

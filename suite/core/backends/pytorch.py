@@ -33,19 +33,21 @@ def supports_norm_loop(layer: nn.Module, batch: int) -> bool:
     return isinstance(layer, LSTMLayer) and _norm_supported(layer.norm_h, batch) and _norm_supported(layer.norm_c, batch)
 
 
-def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Tensor:
+def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """norm_x(W_x x) + b for all steps at once.
 
     Per-step batch norm of a (T, B, C) tensor is batch norm of its (B, T*C) view, one channel
     per (step, unit): one native kernel each way instead of a dozen passes over (T, B, C).
     Used in train, batch and population modes when steps t0..t0+T-1 all have their own
-    statistics row; otherwise (accumulate mode, shared statistics, steps beyond T_max) the
-    reference norm computes it.
+    statistics row and there is no (T, B) padding `mask`; otherwise (accumulate mode, shared
+    statistics, steps beyond T_max, masked statistics) the reference norm computes it. Also
+    the input term of the Triton backend (suite.core.backends.triton).
     """
     z = nn.functional.linear(x, layer.weight_ih)
     norm = layer.norm_x
     steps, batch, size = z.shape
-    if norm.kind() == STEP_BATCH and _norm_supported(norm, batch) and time_offset + steps <= norm.t_max:
+    if (mask is None and norm.kind() == STEP_BATCH and _norm_supported(norm, batch)
+            and time_offset + steps <= norm.t_max):
         mode = norm.mode()
         rows = slice(time_offset, time_offset + steps)
         keep = mode != BATCH
@@ -58,7 +60,7 @@ def input_term(layer: LSTMLayer, x: torch.Tensor, time_offset: int) -> torch.Ten
                                        norm.momentum, norm.eps)
         xg = out.view(batch, steps, size).transpose(0, 1)
     else:
-        xg = norm.sequence(z, None, time_offset)
+        xg = norm.sequence(z, mask, time_offset)
     return xg + layer.bias
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,10 +21,11 @@ from torch.nn import functional as F
 
 from suite.core.backends.native import build
 from suite.core.backends.native.build import load
+from suite.core.backends.slots import (  # noqa: F401 (BN_BATCH: tests name the kinds through this module)
+    BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind)
 from suite.core.cell import LSTMLayer
-from suite.core.cells.norms import IDENTITY, LAYER as LAYER_NORM, POPULATION, STEP_BATCH, Identity
+from suite.core.cells.norms import Identity
 
-NONE, BN_BATCH, BN_POPULATION, LAYER = 0, 1, 2, 3
 # Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
 # a (T, B, 4H) array of input terms written, read and differentiated through memory.
 SMALL_INPUT = 8
@@ -56,39 +56,14 @@ def _ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-@dataclass
-class Slot:
-    """One norm slot as the kernel sees it, plus the tensors behind its pointers."""
-
-    kind: int
-    gamma: torch.Tensor | None = None
-    beta: torch.Tensor | None = None
-    eps: float = 0.0
-    mean: torch.Tensor | None = None
-    invstd: torch.Tensor | None = None
-    var: torch.Tensor | None = None
-    grads: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def struct(self) -> _NormStruct:
-        """The C view of this slot."""
-        return _NormStruct(self.kind, _ptr(self.gamma), _ptr(self.beta), self.eps, _ptr(self.mean),
-                           _ptr(self.invstd), _ptr(self.var), _ptr(self.grads.get("gamma")),
-                           _ptr(self.grads.get("beta")))
+def _norm_struct(slot: Slot) -> _NormStruct:
+    """The C view of a slot."""
+    return _NormStruct(slot.kind, _ptr(slot.gamma), _ptr(slot.beta), slot.eps, _ptr(slot.mean),
+                       _ptr(slot.invstd), _ptr(slot.var), _ptr(slot.grads.get("gamma")),
+                       _ptr(slot.grads.get("beta")))
 
 
 TAKES_MASK = True  # run_layer takes a (T, B) padding mask
-
-
-def slot_kind(norm: nn.Module) -> int | None:
-    """The kernel's kind for a norm in its current statistics mode; None where it has none."""
-    kind = norm.kind()
-    if kind == IDENTITY:
-        return NONE
-    if kind == LAYER_NORM:
-        return LAYER
-    if kind == STEP_BATCH:
-        return BN_POPULATION if norm.mode() == POPULATION else BN_BATCH
-    return None
 
 
 def supports(layer: nn.Module, x: torch.Tensor) -> bool:
@@ -120,22 +95,6 @@ def computes(layer: nn.Module, x: torch.Tensor) -> bool:
     return not (LAYER in gate_kinds and len(gate_kinds) > 1)
 
 
-def _slot(norm: nn.Module, kind: int, steps: int, batch: int, offset: int, like: torch.Tensor) -> Slot:
-    if kind == NONE:
-        return Slot(NONE)
-    width = norm.weight.shape[0]
-    slot = Slot(kind, norm.weight.detach().contiguous(),
-                None if norm.bias is None else norm.bias.detach().contiguous(), float(norm.eps))
-    if kind == LAYER:
-        slot.mean, slot.invstd = like.new_empty(steps, batch), like.new_empty(steps, batch)
-    elif kind == BN_BATCH:
-        slot.mean, slot.invstd, slot.var = (like.new_empty(steps, width) for _ in range(3))
-    else:
-        mean, var = norm.population(offset, steps)
-        slot.mean, slot.invstd = mean.to(like.dtype).contiguous(), torch.rsqrt(var.to(like.dtype) + norm.eps)
-    return slot
-
-
 def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int,
               mask: torch.Tensor | None = None):
     """One layer over x (T, B, F) on the native kernels; returns outputs (T, B, H) and (h_T, c_T).
@@ -155,7 +114,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
             source, x_kind = layer.norm_x.sequence(source, mask, time_offset), NONE
     norms = (layer.norm_x if x_kind != NONE else Identity(), layer.norm_h, layer.norm_c)
     kinds = (x_kind, slot_kind(layer.norm_h), slot_kind(layer.norm_c))
-    slots = [_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
+    slots = [make_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
     params, owners = [], []
     for slot, norm in zip(slots, norms):
         for name in ("gamma", "beta") if slot.kind != NONE else ():
@@ -166,9 +125,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     padding = None if real is None else (real, count)
     out, h, c = NativeLoop.apply(slots, owners, padding, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0,
                                  c0, *params)
-    for slot, norm in zip(slots, norms):
-        if slot.kind == BN_BATCH:
-            norm.record(slot.mean, slot.var, count, time_offset)
+    record_statistics(slots, norms, count, time_offset)
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
 
@@ -180,7 +137,7 @@ def kernel_threads(slots: list[Slot], gate_values: int) -> int:
 
 def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slots: list[Slot]) -> _LoopStruct:
     return _LoopStruct(*(sizes[n] for n in SIZES), *(_ptr(buffers.get(n)) for n in BUFFERS),
-                       *(s.struct() for s in slots))
+                       *(_norm_struct(s) for s in slots))
 
 
 class NativeLoop(torch.autograd.Function):

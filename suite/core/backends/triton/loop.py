@@ -1,0 +1,240 @@
+"""The normalized LSTM recurrence on the Triton step kernels (`kernels.py`), for CUDA.
+
+`run_layer` has the interface of `suite.core.backends.native.loop.run_layer`: one `LSTMLayer`
+(`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8) over x (T, B, F).
+
+* Before the loop: the input term norm_x(W_x x) + b for all steps
+  (`suite.core.backends.pytorch.input_term`: torch's batch norm, or the reference's own norm
+  for masked statistics and the accumulate mode; autograd differentiates it).
+* Per step forward: h_{t-1} W_h^T (cuBLAS) and ONE Triton launch doing norm_h, the gates, c_t,
+  norm_c and h_t, saving the batch or layer statistics.
+* Per step backward, in reverse: dh_t = d out_t + dz_{t+1} W_h (cuBLAS) and ONE Triton launch
+  doing the cell's, both norms' and the gates' gradients.
+* After the loop: dW_h as one matrix product over all steps, and the norms' gamma/beta
+  gradients as reductions over (T, B) of the saved d-outputs times the recomputed x-hat.
+
+Batch statistics go to `StepBatchNorm.record` through `slots.record_statistics`, exactly as on
+the native kernels, so train, batch, population and accumulate (re-estimation) modes and
+steps beyond T_max follow the reference's rules.
+
+Not handled here (the caller then uses another path; all rare): tiles over `MAX_TILE`
+values, which happens when a batch-norm (batch statistics) slot meets a layer-norm slot in one
+layer, or for a batch over 8192 examples with batch statistics, or H over 8192 with layer norm;
+dtypes other than float32/float64; CUDA autocast; tensors beyond 2^31 elements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+
+from suite.core.backends.pytorch import input_term
+from suite.core.backends.slots import BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind
+from suite.core.cell import LSTMLayer
+
+TAKES_MASK = True  # run_layer takes a (T, B) padding mask
+# Device types the backend runs on. Tests add "cpu" while running the kernels under Triton's
+# interpreter; nothing else should.
+DEVICES = ("cuda",)
+# Most values in one program's (rows, units) tile; registers, not correctness, set the bound.
+MAX_TILE = 1 << 13
+# Target tile (rows x units) beside a dimension forced whole, and when neither is: smaller tiles
+# give more programs per step (smnist's batch norm: 13 programs of 128 x 8). Not tuned on a GPU yet.
+TILE = 1 << 10
+
+
+@cache
+def available() -> bool:
+    """True when triton can be imported (it ships with CUDA builds of torch)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernels():
+    # Imported on first use: the kernels are decorated (compiled or interpreted) at import.
+    from suite.core.backends.triton import kernels
+
+    return kernels
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Block sizes and grid of both step kernels for one layer's norm kinds and shape."""
+
+    block_b: int
+    block_h: int
+    grid: tuple[int, int]
+    num_warps: int
+
+
+def tiling(kinds: tuple[int, int], batch: int, hidden: int) -> Tiling | None:
+    """Tiles for (norm_h kind, norm_c kind): whole batch for batch statistics, whole rows for
+    layer norm; None when that needs a tile over MAX_TILE values."""
+    whole_b, whole_h = BN_BATCH in kinds, LAYER in kinds
+    if whole_b and whole_h:
+        block_b, block_h = _pow2(batch), _pow2(hidden)
+    elif whole_b:
+        block_b = _pow2(batch)
+        block_h = max(1, min(_pow2(hidden), TILE // block_b))
+    elif whole_h:
+        block_h = _pow2(hidden)
+        block_b = max(1, min(_pow2(batch), TILE // block_h))
+    else:
+        block_h = min(_pow2(hidden), 64)
+        block_b = max(1, min(_pow2(batch), TILE // block_h))
+    size = block_b * block_h
+    if size > MAX_TILE:
+        return None
+    grid = (-(-hidden // block_h), -(-batch // block_b))
+    return Tiling(block_b, block_h, grid, 4 if size <= 1024 else 8)
+
+
+def supports(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when `run_layer` computes this layer on input x."""
+    if not isinstance(layer, LSTMLayer) or x.device.type not in DEVICES or not available():
+        return False
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or any(p.dtype != x.dtype for p in layer.parameters()):
+        return False
+    kinds = (slot_kind(layer.norm_h), slot_kind(layer.norm_c))
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = layer.hidden_size
+    if None in kinds or (steps + 1) * batch * 4 * hidden >= 2 ** 31:  # kernels index with int32
+        return False
+    return tiling(kinds, batch, hidden) is not None
+
+
+def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int,
+              mask: torch.Tensor | None = None):
+    """One layer over x (T, B, F); returns outputs (T, B, H) and (h_T, c_T).
+
+    With a (T, B) `mask`, padded steps hold the state, output zeros and stay out of every
+    statistic, as in `LSTMLayer.forward`.
+    """
+    steps, batch, _ = x.shape
+    xg = input_term(layer, x, time_offset, mask).contiguous()
+    real = None if mask is None else mask.to(x.dtype).contiguous()
+    count = batch if real is None else real.sum(1)
+    norms = (layer.norm_h, layer.norm_c)
+    slots = [make_slot(n, slot_kind(n), steps, batch, time_offset, xg) for n in norms]
+    params, owners = [], []
+    for index, (slot, norm) in enumerate(zip(slots, norms)):
+        for name in ("gamma", "beta") if slot.kind != NONE else ():
+            tensor = norm.weight if name == "gamma" else norm.bias
+            if tensor is not None:
+                params.append(tensor)
+                owners.append((index, name))
+    padding = None if real is None else (real, count)
+    out, h, c = TritonLoop.apply(slots, owners, padding, xg, layer.weight_hh, h0, c0, *params)
+    record_statistics(slots, norms, count, time_offset)
+    return (out if real is None else out * real.unsqueeze(-1)), (h, c)
+
+
+def _norm_args(slot: Slot, dummy: torch.Tensor) -> list[torch.Tensor]:
+    """gamma, beta, mean, var, invstd pointers of a slot (`dummy` where absent: never read)."""
+    return [dummy if v is None else v for v in (slot.gamma, slot.beta, slot.mean, slot.var, slot.invstd)]
+
+
+class TritonLoop(torch.autograd.Function):
+    """The recurrence over the input term xg (T, B, 4H), forward and backward.
+
+    `padding` is None or (mask (T, B), count (T,)) in the input's dtype; outputs at padded
+    steps are the held state (the caller zeroes them). Saved for backward: W_h h_{t-1} (only
+    with a norm_h), the gate activations, c and h per step, tanh(norm_c(c)) and the statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, slots, owners, padding, xg, w, h0, c0, *params):
+        kernels = _kernels()
+        steps, batch, four_h = xg.shape
+        hidden = four_h // 4
+        keep = any(ctx.needs_input_grad)
+        kept = steps if keep else 1
+        kinds = (slots[0].kind, slots[1].kind)
+        tile = tiling(kinds, batch, hidden)
+        new = xg.new_empty
+        zh = new(kept if kinds[0] != NONE else 1, batch, four_h)
+        acts, tcn = new(kept, batch, four_h), new(kept, batch, hidden)
+        hs, cs = new(steps + 1, batch, hidden), new(kept + 1 if keep else 2, batch, hidden)
+        hs[0], cs[0] = h0, c0
+        mask, count = padding if padding is not None else (xg, xg)
+        norm_args = _norm_args(slots[0], xg) + _norm_args(slots[1], xg)
+        eps = (slots[0].eps, slots[1].eps)
+        meta = dict(H_KIND=kinds[0], C_KIND=kinds[1], H_BETA=slots[0].beta is not None,
+                    C_BETA=slots[1].beta is not None, HAS_MASK=padding is not None, BLOCK_B=tile.block_b,
+                    BLOCK_H=tile.block_h, num_warps=tile.num_warps)
+        launch = kernels.step_forward[tile.grid]
+        w_t = w.detach().t()
+        h_views, zh_views = hs.unbind(0), zh.unbind(0)
+        for t in range(steps):
+            k = t if keep else 0
+            z = k if kinds[0] != NONE else 0
+            torch.mm(h_views[t], w_t, out=zh_views[z])
+            c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
+            launch(xg, zh, acts, cs, tcn, hs, mask, count, *norm_args, t, z, k, c_in, c_out, batch, hidden, *eps,
+                   **meta)
+        if keep:
+            ctx.slots, ctx.owners, ctx.padding, ctx.tile = slots, owners, padding, tile
+            ctx.save_for_backward(xg, w, zh, acts, hs, cs, tcn)
+        return hs[1:], hs[-1].clone(), cs[steps if keep else steps % 2].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        kernels = _kernels()
+        xg, w, zh, acts, hs, cs, tcn = ctx.saved_tensors
+        slots, owners, padding, tile = ctx.slots, ctx.owners, ctx.padding, ctx.tile
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        kinds = (slots[0].kind, slots[1].kind)
+        d_out = d_out.contiguous()
+        d_gates = torch.empty_like(acts)
+        d_zh = d_gates if kinds[0] == NONE else torch.empty_like(acts)
+        d_norm_c = torch.empty_like(tcn) if kinds[1] != NONE else tcn  # never written without a norm_c
+        dh = torch.empty_like(hs[0])
+        dc = d_cn.contiguous().clone()
+        carry = torch.zeros_like(dh) if padding is not None else dh
+        mask, count = padding if padding is not None else (xg, xg)
+        stats = [v if v is not None else xg for s in slots for v in (s.gamma, s.mean, s.invstd)]
+        meta = dict(H_KIND=kinds[0], C_KIND=kinds[1], HAS_MASK=padding is not None, BLOCK_B=tile.block_b,
+                    BLOCK_H=tile.block_h, num_warps=tile.num_warps)
+        launch = kernels.step_backward[tile.grid]
+        out_views, d_zh_views = d_out.unbind(0), d_zh.unbind(0)
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                torch.add(out_views[t], d_hn, out=dh)
+            else:
+                torch.addmm(out_views[t], d_zh_views[t + 1], w, out=dh)
+            launch(dh, carry, dc, acts, cs, tcn, zh, mask, count, d_gates, d_zh, d_norm_c, *stats, t, batch,
+                   hidden, **meta)
+        d_w = d_zh.view(steps * batch, four_h).t().mm(hs[:-1].reshape(steps * batch, hidden))
+        d_h0 = d_zh[0].mm(w)
+        if padding is not None:
+            d_h0 += carry
+        grads = _norm_grads(slots, (d_gates, d_norm_c), (zh, cs[1:]))
+        param_grads = [grads[index][name] for index, name in owners]
+        return (None, None, None, d_gates, d_w, d_h0, dc, *param_grads)
+
+
+def _norm_grads(slots: list[Slot], d_outputs, inputs) -> list[dict[str, torch.Tensor]]:
+    """gamma and beta gradients of each slot: sums over (T, B) of d output (x-hat for gamma).
+
+    d output is zero at padded positions, so they add nothing."""
+    grads: list[dict[str, torch.Tensor]] = []
+    for slot, d_y, z in zip(slots, d_outputs, inputs):
+        if slot.kind == NONE:
+            grads.append({})
+            continue
+        if slot.kind == LAYER:  # statistics per (step, example)
+            xhat = (z - slot.mean.unsqueeze(-1)) * slot.invstd.unsqueeze(-1)
+        else:  # per (step, unit)
+            xhat = (z - slot.mean.unsqueeze(1)) * slot.invstd.unsqueeze(1)
+        grads.append({"gamma": (d_y * xhat).sum((0, 1)), "beta": d_y.sum((0, 1))})
+    return grads

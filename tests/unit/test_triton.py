@@ -1,0 +1,222 @@
+"""The Triton backend (suite/core/backends/triton) under Triton's interpreter, on CPU tensors.
+
+Triton decides at import whether kernels are interpreted, so tests/conftest.py sets
+TRITON_INTERPRET=1 at start-up on machines without CUDA. Every check builds the
+reference loop (`impl="reference"`) and the fast stack from one state_dict, lets the fast
+stack's layers run on the Triton kernels (the backend's device list gains "cpu" for the test),
+and compares outputs, final states, every parameter gradient and the BN buffers. Tolerances:
+float64 rtol 1e-9 / atol 1e-10 (the kernels sum in another order than torch); float32 against
+the float64 reference, no worse than 4x the reference loop's own float32 error (and < 2e-4). Shapes are tiny: the
+interpreter runs every program in numpy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from suite.core.backends.triton import kernels  # noqa: E402
+
+if not isinstance(kernels.step_forward, InterpretedFunction):
+    raise RuntimeError("the Triton kernels were compiled, not interpreted: TRITON_INTERPRET=1 must be set before "
+                       "triton is imported (tests/conftest.py does so without CUDA)")
+
+from suite.core import variants  # noqa: E402
+from suite.core.backends import choose  # noqa: E402
+from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot  # noqa: E402
+from suite.core.backends.triton import loop  # noqa: E402
+from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode  # noqa: E402
+
+VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
+BN = ["bn_vertical", "bn_lstm"]
+T, B, F, H = 5, 3, 2, 4
+TIGHT = {"rtol": 1e-9, "atol": 1e-10}
+
+
+@pytest.fixture(autouse=True)
+def on_cpu(monkeypatch):
+    """Let the backend take CPU tensors (its kernels run interpreted here)."""
+    monkeypatch.setattr(loop, "DEVICES", ("cuda", "cpu"))
+
+
+def pair(name: str, dtype=torch.float64, t_max: int = T, **kwargs):
+    """(reference, fast) stacks with identical non-default parameters and buffers."""
+    if "t_max" in variants.option_fields(name):
+        kwargs["t_max"] = t_max
+    torch.manual_seed(0)
+    ref = variants.build(name, F, H, impl="reference", **kwargs).double()
+    fast = variants.build(name, F, H, impl="fast", **kwargs).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    fast.load_state_dict(ref.state_dict())
+    return ref.to(dtype), fast.to(dtype)
+
+
+def run(model, x, **kwargs):
+    """Output, final state and the gradients of a fixed random loss of all three."""
+    model.zero_grad(set_to_none=True)
+    out, (h, c) = model(x, **kwargs)
+    gen = torch.Generator().manual_seed(3)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum() for t in (out, h, c))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), h.detach(), c.detach(), grads
+
+
+def assert_same(ref, fast, x, close=TIGHT, **kwargs):
+    r, f = run(ref, x, **kwargs), run(fast, x, **kwargs)
+    for a, b in zip(r[:3], f[:3]):
+        torch.testing.assert_close(b, a, **close)
+    assert r[3].keys() == f[3].keys()
+    for name in r[3]:
+        torch.testing.assert_close(f[3][name], r[3][name], msg=name, **close)
+    for (name, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, msg=name, **close)
+
+
+def data(dtype=torch.float64, steps: int = T):
+    return torch.randn(steps, B, F, generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_fast_stack_runs_on_the_triton_kernels(name):
+    _, fast = pair(name)
+    assert choose(fast.layers[0], data()) is loop.run_layer
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_training_steps_match_the_reference(name):
+    """Two training batches: outputs, states, gradients, then running averages."""
+    ref, fast = pair(name)
+    for seed in (1, 2):
+        x = torch.randn(T, B, F, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        assert_same(ref, fast, x)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_float32_error_is_the_reference_loops(name):
+    """Float32 against the float64 reference: every output, state and gradient's largest error
+    (relative to its largest value) within 4x the reference loop's own worst float32 error and
+    below 2e-4. Batch statistics of 3 examples amplify rounding (bn_lstm's reference: ~3e-5)."""
+    ref, fast = pair(name)
+    ref32, fast32 = copy.deepcopy(ref).float(), copy.deepcopy(fast).float()
+    x = data()
+    truth, r32, f32 = run(ref, x), run(ref32, x.float()), run(fast32, x.float())
+
+    def errors(result):
+        pairs = list(zip(result[:3], truth[:3])) + [(result[3][n], truth[3][n]) for n in truth[3]]
+        return [float((a.double() - b).abs().max() / b.abs().max()) for a, b in pairs]
+
+    bound = min(4 * max(errors(r32)), 2e-4)
+    assert max(errors(f32)) <= bound
+
+
+@pytest.mark.parametrize("name", BN)
+def test_statistics_modes(name):
+    """Population (eval), batch statistics without updates, and exact re-estimation; steps
+    beyond T_max (t_max=3 < T) reuse the last row in every mode."""
+    ref, fast = pair(name, t_max=3)
+    x = data()
+    ref.eval(), fast.eval()
+    assert_same(ref, fast, x)
+    with statistics_mode(ref, BATCH), statistics_mode(fast, BATCH):
+        assert_same(ref, fast, x)
+    for model in (ref, fast):
+        reestimate_statistics(model, lambda m=model: [m(x), m(-x)])
+    for a, b in zip(batch_norms(ref), batch_norms(fast)):
+        torch.testing.assert_close(b.running_mean, a.running_mean, **TIGHT)
+        torch.testing.assert_close(b.running_var, a.running_var, **TIGHT)
+    ref.train(), fast.train()
+    assert_same(ref, fast, x)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_lengths(name):
+    """Padded steps hold the state, output zeros and stay out of the batch statistics."""
+    ref, fast = pair(name)
+    lengths = torch.tensor([T, 2, 4])
+    assert_same(ref, fast, data(), lengths=lengths)
+    ref.eval(), fast.eval()
+    assert_same(ref, fast, data(), lengths=lengths)
+
+
+@pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
+def test_bidirectional_two_layer_stack(name):
+    ref, fast = pair(name, num_layers=2, bidirectional=True)
+    assert_same(ref, fast, data(), lengths=torch.tensor([T, 1, 3]))
+
+
+def test_time_offset_reads_later_statistics_rows():
+    ref, fast = pair("bn_lstm", t_max=8)
+    assert_same(ref, fast, data(), time_offset=2)
+
+
+def test_gradcheck_every_norm_kind():
+    """The hand-written backward against finite differences (float64, gradcheck's fast mode):
+    each norm kind for norm_h and norm_c, with and without padding. The kernels read gamma
+    and beta through the slots, so the slots hold the very tensors being perturbed."""
+    torch.manual_seed(0)
+    steps, batch, hidden = 2, 3, 2
+    dt = torch.float64
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1]], dtype=dt)
+    for kind, padding in [(NONE, None), (BN_BATCH, None), (BN_BATCH, (mask, mask.sum(1))),
+                          (BN_POPULATION, None), (LAYER, (mask, mask.sum(1)))]:
+        slots, params, owners = [], [], []
+        for index, width in enumerate((4 * hidden, hidden)):
+            slot = Slot(kind)
+            if kind != NONE:
+                gamma, beta = torch.rand(width, dtype=dt) + 0.5, torch.randn(width, dtype=dt)
+                slot = Slot(kind, gamma, beta, 1e-5)
+                rows = (steps, batch) if kind == LAYER else (steps, width)
+                if kind == BN_POPULATION:
+                    slot.mean, slot.invstd = torch.randn(rows, dtype=dt), torch.rand(rows, dtype=dt) + 0.5
+                else:
+                    slot.mean, slot.invstd, slot.var = (torch.empty(rows, dtype=dt) for _ in range(3))
+                params += [gamma.requires_grad_(), beta.requires_grad_()]
+                owners += [(index, "gamma"), (index, "beta")]
+            slots.append(slot)
+        inputs = [torch.randn(steps, batch, 4 * hidden, dtype=dt), torch.randn(4 * hidden, hidden, dtype=dt),
+                  torch.randn(batch, hidden, dtype=dt), torch.randn(batch, hidden, dtype=dt)]
+        inputs = [v.requires_grad_() for v in inputs]
+
+        def f(*args):
+            return loop.TritonLoop.apply(slots, owners, padding, *args)
+
+        assert torch.autograd.gradcheck(f, (*inputs, *params), fast_mode=True), (kind, padding is not None)
+
+
+def test_one_launch_per_step_each_way(monkeypatch):
+    """The design: one Triton launch per time step forward and one backward, per layer."""
+    launches: dict[str, int] = {}
+    original = InterpretedFunction.run
+
+    def counted(self, *args, **kwargs):
+        launches[self.fn.__name__] = launches.get(self.fn.__name__, 0) + 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", counted)
+    for name in VARIANTS:
+        _, fast = pair(name, num_layers=2)
+        launches.clear()
+        out, _ = fast(data(steps=3))
+        assert launches == {"step_forward": 2 * 3}, name
+        out.sum().backward()
+        assert launches == {"step_forward": 2 * 3, "step_backward": 2 * 3}, name
+
+
+def test_unsupported_cases_take_another_path():
+    _, fast = pair("bn_lstm")
+    layer = fast.layers[0]
+    assert not loop.supports(layer, data(torch.float32))  # parameters float64, input float32
+    assert not loop.supports(layer, data().half())
+    # Batch statistics of 16384 examples would need a tile over MAX_TILE values.
+    assert loop.tiling((BN_BATCH, BN_BATCH), 16384, 4) is None
+    assert loop.tiling((LAYER, BN_BATCH), 64, 1000) is None  # whole rows and whole batch at once
+    assert loop.tiling((LAYER, LAYER), 64, 1000).block_h == 1024
+    assert loop.tiling((BN_BATCH, BN_BATCH), 100, 100).block_b == 128
