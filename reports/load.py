@@ -123,6 +123,7 @@ class StudyTables:
     throughput: pa.Table | None
     trials: dict[str, TrialSummary] = field(default_factory=dict)
     parts: tuple[tuple[str, Path], ...] = ()  # (name, directory) of each merged study; empty for one study
+    inference: pa.Table | None = None  # BN arms under every statistics mode (issue 13)
     # Search-phase trials of a tuned study (runners.phases): read by reports.tuning only; `trials`,
     # `summary` and `curve` hold the rest (the final comparison), so every other section is unchanged.
     search: dict[str, TrialSummary] = field(default_factory=dict)
@@ -221,8 +222,12 @@ def load_study(study_dir: str | Path) -> StudyTables:
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
     summary, curve = (_without_search(tables[n]) for n in ("summary", "curve"))
-    study = StudyTables(name, path, summary, curve, tables["lengths"], tables["throughput"])
-    for source, target in ((summary, study.trials), (_search_only(tables["summary"]), study.search)):
+    searched = _search_only(tables["summary"])
+    # lengths and inference carry no phase column: a search trial's rows go by its trial id.
+    search_ids = pa.array(sorted(set(searched["trial_id"].to_pylist())) if searched is not None else [], pa.string())
+    lengths, inference = (_without_trials(tables[n], search_ids) for n in ("lengths", "inference"))
+    study = StudyTables(name, path, summary, curve, lengths, tables["throughput"], inference=inference)
+    for source, target in ((summary, study.trials), (searched, study.search)):
         if source is None:
             continue
         rows = source.sort_by([("trial_id", "ascending")]).to_pylist()
@@ -241,6 +246,14 @@ def _without_search(table: pa.Table | None) -> pa.Table | None:
     if table is None:
         return None
     kept = table.filter(pc.invert(_is_search(table)))
+    return kept if kept.num_rows else None
+
+
+def _without_trials(table: pa.Table | None, trial_ids: pa.Array) -> pa.Table | None:
+    """The rows of a table whose trial is not in `trial_ids` (None when none are left)."""
+    if table is None or not len(trial_ids):
+        return table
+    kept = table.filter(pc.invert(pc.is_in(table["trial_id"], value_set=trial_ids)))
     return kept if kept.num_rows else None
 
 

@@ -146,6 +146,18 @@ def test_lengths(name):
     assert_same(ref, fast, data(), lengths=lengths)
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_no_grad_evaluation(name):
+    """Without grad the loop keeps one step's buffers (two cells in turn): same outputs and states."""
+    ref, fast = pair(name)
+    ref.eval(), fast.eval()
+    lengths = torch.tensor([T, 2, 4])
+    with torch.no_grad():
+        expected, got = ref(data(), lengths=lengths), fast(data(), lengths=lengths)
+    for a, b in zip([expected[0], *expected[1]], [got[0], *got[1]]):
+        torch.testing.assert_close(b, a, **TIGHT)
+
+
 @pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
 def test_bidirectional_two_layer_stack(name):
     ref, fast = pair(name, num_layers=2, bidirectional=True)
@@ -186,7 +198,7 @@ def test_gradcheck_every_norm_kind():
         inputs = [v.requires_grad_() for v in inputs]
 
         def f(*args):
-            return loop.TritonLoop.apply(slots, owners, padding, *args)
+            return loop.TritonLoop.apply(True, slots, owners, padding, *args)
 
         assert torch.autograd.gradcheck(f, (*inputs, *params), fast_mode=True), (kind, padding is not None)
 

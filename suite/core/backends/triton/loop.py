@@ -133,7 +133,8 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
                 params.append(tensor)
                 owners.append((index, name))
     padding = None if real is None else (real, count)
-    out, h, c = TritonLoop.apply(slots, owners, padding, xg, layer.weight_hh, h0, c0, *params)
+    out, h, c = TritonLoop.apply(torch.is_grad_enabled(), slots, owners, padding, xg, layer.weight_hh, h0, c0,
+                                 *params)
     record_statistics(slots, norms, count, time_offset)
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
@@ -146,17 +147,19 @@ def _norm_args(slot: Slot, dummy: torch.Tensor) -> list[torch.Tensor]:
 class TritonLoop(torch.autograd.Function):
     """The recurrence over the input term xg (T, B, 4H), forward and backward.
 
+    `grad_enabled` is torch's grad mode at the call (inside `forward` it is always off).
     `padding` is None or (mask (T, B), count (T,)) in the input's dtype; outputs at padded
     steps are the held state (the caller zeroes them). Saved for backward: W_h h_{t-1} (only
     with a norm_h), the gate activations, c and h per step, tanh(norm_c(c)) and the statistics.
     """
 
     @staticmethod
-    def forward(ctx, slots, owners, padding, xg, w, h0, c0, *params):
+    def forward(ctx, grad_enabled, slots, owners, padding, xg, w, h0, c0, *params):
         kernels = _kernels()
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        keep = any(ctx.needs_input_grad)
+        # Without a backward to come (no_grad evaluation), per-step buffers are reused: two cells, one step.
+        keep = grad_enabled and any(ctx.needs_input_grad)
         kept = steps if keep else 1
         kinds = (slots[0].kind, slots[1].kind)
         tile = tiling(kinds, batch, hidden)
@@ -220,7 +223,7 @@ class TritonLoop(torch.autograd.Function):
             d_h0 += carry
         grads = _norm_grads(slots, (d_gates, d_norm_c), (zh, cs[1:]))
         param_grads = [grads[index][name] for index, name in owners]
-        return (None, None, None, d_gates, d_w, d_h0, dc, *param_grads)
+        return (None, None, None, None, d_gates, d_w, d_h0, dc, *param_grads)
 
 
 def _norm_grads(slots: list[Slot], d_outputs, inputs) -> list[dict[str, torch.Tensor]]:
