@@ -26,7 +26,7 @@ from suite.core.errors import SuiteError
 
 SCHEMA_VERSION = "2"
 # Columns added since an older version: a file of that version may lack them (read as nulls).
-# Version 2 added `phase` to curve and summary (tuned studies: "search" or "final"; null otherwise).
+# Version 2 added `phase` to curve, summary and lengths (tuned studies: "search" or "final"; null otherwise).
 ADDED_SINCE: dict[str, tuple[str, ...]] = {"1": ("phase",)}
 PHASES = ("search", "final")
 
@@ -87,6 +87,7 @@ LENGTHS = _schema([
     pa.field("metric", pa.string()),
     pa.field("value", pa.float64()),
     pa.field("stats_mode", pa.string()),
+    _PHASE,  # trials write their key columns, phase included, into every per-trial table
 ], "lengths")
 
 # BN variants at the end of a run: every way of taking statistics at inference (suite.core.inference),
@@ -103,6 +104,7 @@ INFERENCE = _schema([
     pa.field("value", pa.float64()),
     pa.field("loss", pa.float64()),
     pa.field("seconds", pa.float64()),  # evaluation time (re-estimation excluded): the cost of measuring
+    _PHASE,
 ], "inference")
 
 # `suite diagnose bn-inference` on one saved BN model (runners/bn_inference.py; not in TABLES: a diagnostic).
