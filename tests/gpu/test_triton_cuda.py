@@ -12,10 +12,10 @@ import copy
 import pytest
 import torch
 
-from suite.core import variants
 from suite.core.backends import choose
 from suite.core.backends.triton import loop
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
+from tests import parity
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
@@ -25,28 +25,15 @@ VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 DEVICE = "cuda"  # a dry run of the checks' logic may set "cpu" (kernels interpreted)
 
 
-def pair(name: str, features: int, hidden: int, t_max: int, **kwargs):
-    """(float64 reference on CUDA, fast stack on CUDA) with identical non-default parameters."""
-    if "t_max" in variants.option_fields(name):
-        kwargs["t_max"] = t_max
-    torch.manual_seed(0)
-    ref = variants.build(name, features, hidden, impl="reference", **kwargs).double()
-    fast = variants.build(name, features, hidden, impl="fast", **kwargs).double()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(DEVICE), fast.to(DEVICE)
+def pair(name: str, **kwargs):
+    """tests/parity.py's (reference, fast) float64 stacks on DEVICE (read at call time), parameters perturbed by 0.1."""
+    return parity.pair(name, device=DEVICE, noise=0.1, **kwargs)
 
 
 def run(model, x, **kwargs):
-    model.zero_grad(set_to_none=True)
-    out, (h, c) = model(x, **kwargs)
-    gen = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t)).sum() for t in (out, h, c))
-    loss.backward()
-    tensors = [out, h, c] + [p.grad for p in model.parameters()] + list(model.buffers())
-    return [t.detach().double() for t in tensors]
+    """Output, states, every gradient and buffer of tests/parity.py's fixed loss, in float64."""
+    out, h, c, grads = parity.run(model, x, **kwargs)
+    return [t.detach().double() for t in (out, h, c, *grads.values(), *model.buffers())]
 
 
 def worst_error(model, truth, x, **kwargs) -> float:
@@ -84,7 +71,7 @@ def test_self_check_passes_on_the_gpu():
 def test_cuda_fast_path_is_triton_and_matches_float64(name):
     """Small stack, bidirectional, 2 layers, lengths: float64 on the kernels is exact to 1e-9
     (relative to each tensor's largest value), float32 as close as the reference loop's own."""
-    ref, fast = pair(name, 3, 16, t_max=20, num_layers=2, bidirectional=True)
+    ref, fast = pair(name, features=3, hidden=16, t_max=20, num_layers=2, bidirectional=True)
     x = torch.randn(20, 8, 3, dtype=torch.float64, device=DEVICE)
     lengths = torch.tensor([20, 7, 1, 20, 3, 12, 20, 9], device=DEVICE)
     assert choose(fast.layers[0], x, masked=True) is loop.run_layer
@@ -96,7 +83,7 @@ def test_cuda_fast_path_is_triton_and_matches_float64(name):
 
 @pytest.mark.parametrize("name", ["bn_vertical", "bn_lstm"])
 def test_cuda_statistics_modes(name):
-    ref, fast = pair(name, 3, 16, t_max=6)
+    ref, fast = pair(name, features=3, hidden=16, t_max=6)
     x = torch.randn(10, 8, 3, dtype=torch.float64, device=DEVICE)  # T > T_max: the last row is reused
     ref.eval(), fast.eval()
     assert worst_error(fast, run(ref, x), x) < 1e-9
@@ -115,7 +102,7 @@ def test_paper_shapes_float32(name, shape):
     """The benchmark shapes in float32 (the tiles and grids the benchmarks use) against the float64
     reference loop on the GPU, as close as the reference loop's own float32 after T steps."""
     steps, batch, features, hidden = {"smnist": (784, 100, 1, 100), "ptb": (100, 64, 50, 1000)}[shape]
-    ref, fast = pair(name, features, hidden, t_max=steps)
+    ref, fast = pair(name, features=features, hidden=hidden, t_max=steps)
     x = torch.randn(steps, batch, features, dtype=torch.float64, device=DEVICE)
     ref32, fast32 = copy.deepcopy(ref).float(), copy.deepcopy(fast).float()
     assert_float32_like_reference(ref32, fast32, run(ref, x), x)

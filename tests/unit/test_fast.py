@@ -9,6 +9,8 @@ kernels (suite/core/backends/native) and on the pure-PyTorch loops they fall bac
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -19,6 +21,8 @@ from suite.core.backends.native import build, loop
 from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
 from suite.core.errors import ConfigError
 from suite.core.recurrent import LoopRecurrent, Recurrent
+from tests import parity
+from tests.parity import assert_same, run
 
 FAST = ["lstm", "wn_lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -41,45 +45,13 @@ def test_the_backend_is_the_one_under_test(backend):
     assert (runner is loop.run_layer) == (backend == "native")
 
 
-def pair(name: str, dtype=torch.float64, **kwargs):
-    """(reference, fast) stacks of a variant with identical parameters and buffers."""
-    if "t_max" in variants.option_fields(name):
-        kwargs.setdefault("t_max", T)
-    torch.manual_seed(0)
-    ref = variants.build(name, F, H, impl="reference", **kwargs).double()
-    fast = variants.build(name, F, H, impl="fast", **kwargs).double()
-    with torch.no_grad():  # non-default parameters so that gamma, biases and init state all matter
-        for p in ref.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(dtype), fast.to(dtype)
-
-
-def run(model, x, **kwargs):
-    """Output, final state and the gradients of a fixed random loss of all three."""
-    model.zero_grad(set_to_none=True)
-    out, (h, c) = model(x, **kwargs)
-    gen = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in (out, h, c))
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), h.detach(), c.detach(), grads
-
-
-def assert_same(ref, fast, x, rtol=1e-9, atol=1e-10, **kwargs):
-    """Outputs, states, gradients and buffers of the two stacks agree."""
-    r, f = run(ref, x, **kwargs), run(fast, x, **kwargs)
-    for a, b in zip(r[:3], f[:3]):
-        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
-    assert r[3].keys() == f[3].keys()
-    for name in r[3]:
-        torch.testing.assert_close(f[3][name], r[3][name], rtol=rtol, atol=atol, msg=name)
-    for (name, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
-        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=name)
+# the parity helpers (tests/parity.py) at this file's shapes
+pair = functools.partial(parity.pair, features=F, hidden=H, t_max=T)
 
 
 def inputs(dtype=torch.float64, batch_first=False):
-    x = torch.randn(T, B, F, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    """The same numbers in every dtype: drawn in float64, then cast (randn draws others in float32)."""
+    x = torch.randn(T, B, F, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
     return x.transpose(0, 1).contiguous() if batch_first else x
 
 

@@ -18,7 +18,8 @@ from suite.core.backends.native import build, loop
 from suite.core.cells.norms import BATCH, POPULATION, reestimate_statistics, statistics_mode
 from suite.core.provenance import environment
 
-from .test_fast import assert_same
+from tests import parity
+from tests.parity import assert_same
 
 NORMED = ["bn_vertical", "bn_lstm", "ln_lstm"]
 
@@ -30,17 +31,8 @@ def native():
 
 
 def pair64(name: str, features: int, hidden: int, steps: int, **kwargs):
-    """(reference, fast) float64 stacks with the same randomized parameters."""
-    if "t_max" in variants.option_fields(name):
-        kwargs.setdefault("t_max", steps)
-    torch.manual_seed(0)
-    ref = variants.build(name, features, hidden, impl="reference", **kwargs).double()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    fast = variants.build(name, features, hidden, impl="fast", **kwargs).double()
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+    """(reference, fast) float64 stacks with the same randomized parameters (tests/parity.py)."""
+    return parity.pair(name, features=features, hidden=hidden, t_max=steps, **kwargs)
 
 
 @pytest.mark.parametrize("name", NORMED)

@@ -13,6 +13,7 @@ interpreter runs every program in numpy.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import pytest
@@ -27,13 +28,14 @@ if not isinstance(kernels.step_forward, InterpretedFunction):
     raise RuntimeError("the Triton kernels were compiled, not interpreted: TRITON_INTERPRET=1 must be set before "
                        "triton is imported (tests/conftest.py does so without CUDA)")
 
-from suite.core import variants  # noqa: E402
 from suite.core.backends import choose  # noqa: E402
 from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot  # noqa: E402
 from suite.core.backends.triton import loop  # noqa: E402
 from suite.core.cells.norms import (  # noqa: E402
     BATCH, LayerNorm, batch_norms, reestimate_statistics, statistics_mode)
 from suite.core.provenance import environment  # noqa: E402
+from tests import parity  # noqa: E402
+from tests.parity import assert_same, run  # noqa: E402
 
 VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -47,40 +49,8 @@ def on_cpu(monkeypatch):
     monkeypatch.setattr(loop, "DEVICES", ("cuda", "cpu"))
 
 
-def pair(name: str, dtype=torch.float64, t_max: int = T, **kwargs):
-    """(reference, fast) stacks with identical non-default parameters and buffers."""
-    if "t_max" in variants.option_fields(name):
-        kwargs["t_max"] = t_max
-    torch.manual_seed(0)
-    ref = variants.build(name, F, H, impl="reference", **kwargs).double()
-    fast = variants.build(name, F, H, impl="fast", **kwargs).double()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(dtype), fast.to(dtype)
-
-
-def run(model, x, **kwargs):
-    """Output, final state and the gradients of a fixed random loss of all three."""
-    model.zero_grad(set_to_none=True)
-    out, (h, c) = model(x, **kwargs)
-    gen = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum() for t in (out, h, c))
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), h.detach(), c.detach(), grads
-
-
-def assert_same(ref, fast, x, close=TIGHT, **kwargs):
-    r, f = run(ref, x, **kwargs), run(fast, x, **kwargs)
-    for a, b in zip(r[:3], f[:3]):
-        torch.testing.assert_close(b, a, **close)
-    assert r[3].keys() == f[3].keys()
-    for name in r[3]:
-        torch.testing.assert_close(f[3][name], r[3][name], msg=name, **close)
-    for (name, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
-        torch.testing.assert_close(b, a, msg=name, **close)
+# the parity helpers (tests/parity.py) at this file's shapes
+pair = functools.partial(parity.pair, features=F, hidden=H, t_max=T)
 
 
 def data(dtype=torch.float64, steps: int = T):
