@@ -105,6 +105,29 @@ def _row_dy(dy, z, mean, invstd, col, col_ok, g_ptr):
 
 
 @triton.jit
+def _tile(t, B, H, mask_ptr, count_ptr, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's tile of step t, shared by both step kernels: (rows, units, row_ok, col_ok,
+    ok, w, n, G, gate, cell). w weighs each row (1 real, 0 padding or outside the batch), n is the
+    number of real rows (the statistics' divisor), G = 4H; gate and cell are the tile's offsets
+    into (B, 4H) and (B, H) buffers."""
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < B
+    col_ok = units < H
+    ok = row_ok[:, None] & col_ok[None, :]
+    G = 4 * H
+    if HAS_MASK:
+        w = tl.load(mask_ptr + t * B + rows, mask=row_ok, other=0.0)
+        n = tl.maximum(tl.load(count_ptr + t), 1.0)
+    else:
+        w = tl.where(row_ok, 1.0, 0.0)
+        n = tl.sum(w, axis=0)  # B, exactly: a float divisor keeps float64 division exact
+    gate = rows[:, None] * G + units[None, :]
+    cell = rows[:, None] * H + units[None, :]
+    return rows, units, row_ok, col_ok, ok, w, n, G, gate, cell
+
+
+@triton.jit
 def step_forward(
     xg_ptr, zh_ptr, act_ptr, c_ptr, tcn_ptr, h_ptr, mask_ptr, count_ptr,
     gh_ptr, bh_ptr, mh_ptr, vh_ptr, ih_ptr,
@@ -120,20 +143,8 @@ def step_forward(
     c_in, written at c_out; tcn (kept, B, H) tanh(norm_c(c)) at slot k; h (T+1, B, H) read at
     t, written at t+1; mask (T, B) and count (T,) only with HAS_MASK. Statistics rows are t.
     """
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    row_ok = rows < B
-    col_ok = units < H
-    ok = row_ok[:, None] & col_ok[None, :]
-    G = 4 * H
-    if HAS_MASK:
-        w = tl.load(mask_ptr + t * B + rows, mask=row_ok, other=0.0)
-        n = tl.maximum(tl.load(count_ptr + t), 1.0)
-    else:
-        w = tl.where(row_ok, 1.0, 0.0)
-        n = tl.sum(w, axis=0)  # B, exactly: a float divisor keeps float64 division exact
-    gate = rows[:, None] * G + units[None, :]
-    cell = rows[:, None] * H + units[None, :]
+    rows, units, row_ok, col_ok, ok, w, n, G, gate, cell = _tile(t, B, H, mask_ptr, count_ptr, HAS_MASK, BLOCK_B,
+                                                                 BLOCK_H)
     zh = zh_ptr + z * B * G + gate
     zi = tl.load(zh, mask=ok, other=0.0)
     zf = tl.load(zh + H, mask=ok, other=0.0)
@@ -213,21 +224,9 @@ def step_backward(
     row t of (T, B, 4H) buffers (one buffer when norm_h is the identity), and with a norm_c
     d norm_c(c_t) at row t of dcn (T, B, H), from which the caller sums gamma/beta gradients.
     """
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    row_ok = rows < B
-    col_ok = units < H
-    ok = row_ok[:, None] & col_ok[None, :]
-    G = 4 * H
-    if HAS_MASK:
-        w = tl.load(mask_ptr + t * B + rows, mask=row_ok, other=0.0)
-        n = tl.maximum(tl.load(count_ptr + t), 1.0)
-    else:
-        w = tl.where(row_ok, 1.0, 0.0)
-        n = tl.sum(w, axis=0)  # B, exactly: a float divisor keeps float64 division exact
+    rows, units, row_ok, col_ok, ok, w, n, G, gate, cell = _tile(t, B, H, mask_ptr, count_ptr, HAS_MASK, BLOCK_B,
+                                                                 BLOCK_H)
     real = (w > 0)[:, None]
-    gate = rows[:, None] * G + units[None, :]
-    cell = rows[:, None] * H + units[None, :]
     dh = tl.load(dh_ptr + cell, mask=ok, other=0.0)
     if HAS_MASK:  # dL/dh_t also arrives through the state held by a padded step t+1
         dh = dh + tl.load(carry_ptr + cell, mask=ok, other=0.0)
