@@ -71,6 +71,21 @@ def make_slot(norm: nn.Module, kind: int, steps: int, batch: int, offset: int, l
     return slot
 
 
+def affine_parameters(slots: Sequence[Slot],
+                      norms: Sequence[nn.Module]) -> tuple[list[torch.Tensor], list[tuple[int, str]]]:
+    """The norms' gamma and beta tensors that a kernel backend's backward gives gradients to, in
+    order, and each one's owner (slot index, "gamma" or "beta"); none for a NONE slot or a missing beta."""
+    params, owners = [], []
+    for index, (slot, norm) in enumerate(zip(slots, norms)):
+        if slot.kind == NONE:
+            continue
+        for name, tensor in (("gamma", norm.weight), ("beta", norm.bias)):
+            if tensor is not None:
+                params.append(tensor)
+                owners.append((index, name))
+    return params, owners
+
+
 def record_statistics(slots: Sequence[Slot], norms: Sequence[nn.Module], count: int | torch.Tensor,
                       offset: int) -> None:
     """Hand the batch statistics the kernels computed to their norms (running averages or sums)."""

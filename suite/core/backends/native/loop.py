@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from suite.core.backends.native import build
 from suite.core.backends.native.build import load
 from suite.core.backends.slots import (  # noqa: F401 (BN_BATCH: tests name the kinds through this module)
-    BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind)
+    BN_BATCH, LAYER, NONE, Slot, affine_parameters, make_slot, record_statistics, slot_kind)
 from suite.core.cell import LSTMLayer
 from suite.core.cells.norms import Identity
 
@@ -121,13 +121,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     norms = (layer.norm_x if x_kind != NONE else Identity(), layer.norm_h, layer.norm_c)
     kinds = (x_kind, slot_kind(layer.norm_h), slot_kind(layer.norm_c))
     slots = [make_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
-    params, owners = [], []
-    for slot, norm in zip(slots, norms):
-        for name in ("gamma", "beta") if slot.kind != NONE else ():
-            tensor = norm.weight if name == "gamma" else norm.bias
-            if tensor is not None:
-                params.append(tensor)
-                owners.append((slot, name))
+    params, owners = affine_parameters(slots, norms)
     padding = None if real is None else (real, count)
     out, h, c = NativeLoop.apply(slots, owners, padding, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0,
                                  c0, *params)
@@ -207,8 +201,8 @@ class NativeLoop(torch.autograd.Function):
         else:
             both_none = slots[0].kind == NONE and slots[1].kind == NONE
             buffers["d_zx"] = d_zh if both_none else new(steps, batch, four_h)
-        for slot, name in owners:
-            slot.grads[name] = zeros(threads, getattr(slot, name).shape[0])
+        for index, name in owners:
+            slots[index].grads[name] = zeros(threads, getattr(slots[index], name).shape[0])
         library = load()
         loop = _struct(sizes, buffers, slots)
         step = library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32
@@ -226,5 +220,5 @@ class NativeLoop(torch.autograd.Function):
             d_h0 += buffers["dh_carry"]
         d_source = buffers["dx"] if features else buffers["d_zx"]
         d_w_x = buffers["d_wx"].sum(0).t() if features else None
-        param_grads = [slot.grads.pop(name).sum(0) for slot, name in owners]
+        param_grads = [slots[index].grads.pop(name).sum(0) for index, name in owners]
         return (None, None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"], *param_grads)

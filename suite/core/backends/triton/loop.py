@@ -42,7 +42,8 @@ from torch import nn
 
 from suite.core.backends import reference, switched_off
 from suite.core.backends.pytorch import input_term
-from suite.core.backends.slots import BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind
+from suite.core.backends.slots import (BN_BATCH, LAYER, NONE, Slot, affine_parameters, make_slot, record_statistics,
+                                       slot_kind)
 from suite.core.cell import LSTMLayer, LSTMOptions
 from suite.core.cells.norms import LayerNorm, StepBatchNorm
 
@@ -235,13 +236,7 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     count = batch if real is None else real.sum(1)
     norms = (layer.norm_h, layer.norm_c)
     slots = [make_slot(n, slot_kind(n), steps, batch, time_offset, xg) for n in norms]
-    params, owners = [], []
-    for index, (slot, norm) in enumerate(zip(slots, norms)):
-        for name in ("gamma", "beta") if slot.kind != NONE else ():
-            tensor = norm.weight if name == "gamma" else norm.bias
-            if tensor is not None:
-                params.append(tensor)
-                owners.append((index, name))
+    params, owners = affine_parameters(slots, norms)
     padding = None if real is None else (real, count)
     out, h, c = TritonLoop.apply(torch.is_grad_enabled(), slots, owners, padding, xg, layer.weight_hh, h0, c0,
                                  *params)
