@@ -7,25 +7,13 @@ slow one runs studies/claims-quick.toml end to end on the offline MNIST sample.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 import textwrap
 
 import pytest
 
-from runners.cluster import stop_ray_in
-from tests.integration.test_runner import ROOT, finish, start, statuses
+from tests.integration.test_runner import ROOT, finish, ray_tmp, start, statuses  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture
-def ray_tmp():
-    """A short TMPDIR for the Ray that the test's driver starts; its processes are stopped afterwards."""
-    folder = tempfile.mkdtemp(prefix="rnc", dir="/tmp")
-    yield folder
-    stop_ray_in(folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def claim_rows(report: str, claim: int) -> list[list[str]]:
