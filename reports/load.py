@@ -119,6 +119,7 @@ class StudyTables:
     throughput: pa.Table | None
     trials: dict[str, TrialSummary] = field(default_factory=dict)
     parts: tuple[tuple[str, Path], ...] = ()  # (name, directory) of each merged study; empty for one study
+    inference: pa.Table | None = None  # BN arms under every statistics mode (issue 13)
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""
@@ -213,7 +214,8 @@ def load_study(study_dir: str | Path) -> StudyTables:
     recorded = sorted({n for t in (tables["summary"], tables["curve"]) if t is not None
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
-    study = StudyTables(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"])
+    study = StudyTables(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"],
+                        inference=tables["inference"])
     if study.summary is not None:
         rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):

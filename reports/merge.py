@@ -106,5 +106,6 @@ def merge(studies: Sequence[StudyTables]) -> StudyTables:
                    _concat([_retag(s.curve, s.name) for s in studies]),
                    _concat([_retag(s.lengths, s.name) for s in studies]),
                    _concat([_retag(s.throughput, s.name) for s in studies]),
-                   trials, tuple((s.name, Path(s.path)) for s in studies))
+                   trials, tuple((s.name, Path(s.path)) for s in studies),
+                   inference=_concat([_retag(s.inference, s.name) for s in studies]))
     return merged

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports import claims, convergence, generalization
+from reports import claims, convergence, generalization, inference
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import figures as flow_figures
 from reports.load import BASELINE, StudyTables, load_study, read_folder
@@ -179,6 +179,7 @@ class MarkdownReport:
         seeds = ", ".join(f"`{a}` n={len(s.trials_of(task, a, finished=True))}" for a in arms)
         self.lines += [f"## Task `{task}`: {metric} ({direction})", "", f"Finished seeds per arm: {seeds}.", ""]
         self.quality(task, arms, fmt)
+        self.inference_stats(task, arms, fmt)
         self.speed(task, arms, fmt)
         self.generalization(task, arms, fmt)
         self.cost(task, arms)
@@ -202,11 +203,84 @@ class MarkdownReport:
             paper = reference(task, trials[0].variant if trials else s.trials_of(task, arm)[0].variant)
             rows.append([f"`{arm}`", fmt.summary(summarize(best)), fmt.summary(summarize(last)),
                          fmt.num(paper), d_best, d_last])
-        self.lines += ["### Final quality (test set)", ""]
+        self.lines += ["### Final quality (test set)", "", self.mode_note(task, arms, "the validation metric that "
+                                                                        "selects the best step and the test metric"), ""]
         self.lines += _table(["arm", f"test {fmt.label} at best valid step", f"test {fmt.label} at last step",
                               "paper", f"Δ vs `{BASELINE}` at best (95 % CI)", f"Δ vs `{BASELINE}` at last (95 % CI)"],
                              rows)
         self.lines.append("")
+
+    def mode_note(self, task: str, arms: list[str], what: str) -> str:
+        """Which BN statistics mode the trials' evaluations used (summary `stats_mode`), in one sentence."""
+        used = self.bn_arms(task, arms)
+        if not used:
+            return "No arm has batch norm: no statistics mode applies."
+        arms_text = ", ".join(f"`{a}` {m}" for a, m in used.items())
+        return (f"BN statistics behind {what}: {arms_text} (`train.eval_stats`; every mode is compared under "
+                f"Inference statistics when measured).")
+
+    def bn_arms(self, task: str, arms: list[str]) -> dict[str, str]:
+        """Arms with batch norm (their summaries record a statistics mode) -> the mode(s) their evaluations used."""
+        used = {}
+        for arm in arms:
+            kinds = sorted({t.row["stats_mode"] for t in self.study.trials_of(task, arm)
+                            if t.row["stats_mode"] not in (None, "none")})
+            if kinds:
+                used[arm] = "/".join(kinds)
+        return used
+
+    def inference_stats(self, task: str, arms: list[str], fmt: Fmt) -> None:
+        """Per BN arm: the test metric under every statistics mode, and whether the ranking vs lstm changes."""
+        s = self.study
+        rows, sentences, unmeasured = [], [], []
+        for arm in self.bn_arms(task, arms):
+            ids = [t.trial_id for t in s.trials_of(task, arm, finished=True)]
+            best, last = inference.modes(s.inference, ids, "best"), inference.modes(s.inference, ids, "last")
+            if not best and not last:
+                unmeasured.append(f"`{arm}`")
+                continue
+            at_last = {m.label: m for m in last}
+            base = s.baseline(task, arm)
+            base_trials = s.trials_of(task, base, finished=True) if base and base != arm else []
+            base_values = [t.row["test_at_best"] for t in base_trials]
+            for m in best:
+                ml = at_last.get(m.label)
+                rows.append([f"`{arm}`", m.label, fmt.summary(m.per_seed), self.draws(fmt, m),
+                             fmt.summary(ml.per_seed) if ml else DASH, self.draws(fmt, ml) if ml else DASH,
+                             _difference(fmt, list(m.values), base_values) if base_trials else DASH])
+            if base_trials:
+                sentences.append(inference.ranking_sentence(arm, base, summarize(base_values).mean, best,
+                                                            fmt.higher_is_better))
+        if not rows and not unmeasured:
+            return
+        self.lines += ["### Inference statistics (BN arms)", ""]
+        if unmeasured:
+            self.lines += [f"Not measured for {', '.join(unmeasured)}: no `inference` rows for its finished trials "
+                           "(trained with `train.inference_draws = 0`, or before the measurement existed; `suite "
+                           "evaluate` scores a saved model under any mode).", ""]
+        if not rows:
+            return
+        self.lines += [
+                       "Test metric of each BN arm under each way of taking batch-norm statistics at evaluation: "
+                       "`batch (B)` each evaluation batch's own statistics at batch size B; `running` the running "
+                       "averages kept during training; `reestimate` population statistics re-estimated from "
+                       "training batches, one value per seed = the mean over its independent draws. Mean ± std over "
+                       "seeds at the best validation step and at the last step; draw spread = max − min over the "
+                       f"draws of one seed, mean over seeds [largest]. Δ vs `{BASELINE}` compares the best-step "
+                       f"values with `{BASELINE}`'s test metric at its best step.", ""]
+        self.lines += _table(["arm", "statistics", f"test {fmt.label} at best valid step", "draw spread",
+                              f"test {fmt.label} at last step", "draw spread",
+                              f"Δ vs `{BASELINE}` at best (95 % CI)"], rows)
+        self.lines.append("")
+        self.lines += [*sentences, ""] if sentences else []
+
+    @staticmethod
+    def draws(fmt: Fmt, m: inference.ModeResult) -> str:
+        """The spread over re-estimation draws, or a dash for modes without draws."""
+        if m.draw_spread is None:
+            return DASH
+        mean, largest = m.draw_spread
+        return f"{fmt.num(mean)} [{fmt.num(largest)}]"
 
     def speed(self, task: str, arms: list[str], fmt: Fmt) -> None:
         """Steps and seconds to the target, speed-up against lstm, normalized AUC."""
@@ -231,6 +305,7 @@ class MarkdownReport:
                          _ratio(bs.steps[0], sp.steps[0]) if bs else DASH,
                          _ratio(bs.seconds[0], sp.seconds[0]) if bs else DASH,
                          fmt.summary(Summary(sp.auc_mean, sp.auc_std, sp.auc_n))])
+        self.lines += [self.mode_note(task, arms, "the validation curves"), ""]
         self.lines += [f"Target: {fmt.label} {fmt.num(target.value)}, i.e. {target.rule}. Steps and seconds are "
                        "median [min–max] over the trials (all statuses) that reached the target; `reached` counts "
                        f"them. Speed-up = median of `{BASELINE}` / median of the arm. AUC (finished trials) = trapezoid "

@@ -22,6 +22,8 @@ import torch
 
 from runners.shapes import DIRECTIONS, SHAPES, Shape
 from suite.core import variants
+from suite.core.backends import choose
+from suite.core.recurrent import LoopRecurrent
 from suite.core.errors import ConfigError
 
 REFERENCE = "cudnn_lstm"
@@ -69,6 +71,17 @@ def build(entry: Entry, shape: Shape, device: torch.device, seed: int = 0) -> to
     if "t_max" in variants.option_fields(entry.variant):
         options.setdefault("t_max", shape.steps)
     return variants.build(entry.variant, shape.input_size, shape.hidden_size, **options).to(device)
+
+
+def backend(entry: Entry, shape: Shape, device: torch.device | str = "cpu") -> str:
+    """What runs the entry's first layer at this shape in training mode: the backend module chosen
+    for per-layer stacks ('triton.loop', 'native.loop', 'pytorch', 'reference'), else the class."""
+    device = torch.device(device)
+    model = build(entry, shape, device)
+    if not isinstance(model, LoopRecurrent):
+        return type(model).__name__
+    runner = choose(model.layers[0], make_input(shape, device))
+    return runner.__module__.removeprefix("suite.core.backends.")
 
 
 def make_input(shape: Shape, device: torch.device, seed: int = 0) -> torch.Tensor:

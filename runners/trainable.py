@@ -3,8 +3,8 @@
 Each evaluation of `fit` becomes one `tune.report` with a checkpoint holding the training
 state *and every curve row so far*; after a crash Tune restarts the trial from that
 checkpoint, so the curve holds each (trial, step, split) row exactly once. The trial writes
-its own Parquet files (curve after every evaluation, summary at the end) to the results
-location with pyarrow filesystems, so results reach a shared path or an object store from
+its own Parquet files (curve after every evaluation; summary, inference statistics and the
+best and last models under `models/` at the end) to the results location with pyarrow filesystems, so results reach a shared path or an object store from
 whichever node ran it. A trial whose summary already says it ended (written by an attempt
 whose last report the driver never heard: Ctrl-C or a kill in between) reports that summary
 instead of training again.
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from runners.study import from_dict
+from suite.core.checkpoints import save_models
 from suite.core.errors import SuiteError
 from suite.core.provenance import write_run
 from suite.core.results import CURVE, read_trial_row, to_table, write_table
@@ -158,10 +159,14 @@ def train_trial(params: dict[str, Any]) -> None:
         result = fit(task, config, on_report=on_report, resume=resume)
         fit_seconds = time.perf_counter() - started
         summary = dict(result.summary)
+        recorded = config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)}
         with _writing(root):
-            write_run(root, keys, rows, summary,
-                      config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)}, result.lengths,
-                      where={"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()})
+            # Models first: a summary that says "finished" promises its models are there (written_end skips it).
+            save_models(root, trial.trial_id, result.models, recorded,
+                        {"best": summary["best_step"], "last": summary["steps"]})
+            write_run(root, keys, rows, summary, recorded, result.lengths,
+                      where={"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()},
+                      inference=result.inference)
     except SuiteError as error:
         # Not retried: a retry from the last checkpoint meets the same full disk or bad setting. The trial
         # ends here, `failed` with the reason; `--resume` starts it again from that checkpoint (runners.local).

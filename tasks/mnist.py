@@ -132,7 +132,9 @@ def read_sample(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Indices of train/valid/test: per class, `fraction` each to valid and test, the rest to train."""
+    """Indices of train/valid/test: per class, `fraction` each to valid and test, the rest to train; each split
+    in one seeded shuffled order. (Sorted indices followed the sample's class-sorted file: evaluation batches of
+    a single digit, which made batch-statistics evaluation of BN models meaningless, issue 13.)"""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for label in np.unique(labels):
@@ -141,7 +143,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> dict[str
         parts["valid"].append(members[:n_eval])
         parts["test"].append(members[n_eval:2 * n_eval])
         parts["train"].append(members[2 * n_eval:])
-    return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
+    return {split: rng.permutation(np.concatenate(chunks)) for split, chunks in parts.items()}
 
 
 @register
@@ -228,7 +230,7 @@ class SequentialMNIST(Task):
         return SplitCache(self.data_dir, self.folder, [folder / name for name in FILE_NAMES])
 
     def _sample_cache(self, path: Path) -> SplitCache:
-        return SplitCache(self.data_dir, "mnist-sample", [path], variant=f"seed{SAMPLE_SEED}")
+        return SplitCache(self.data_dir, "mnist-sample", [path], variant=f"seed{SAMPLE_SEED}-shuffled")
 
     def _build_idx(self, folder: Path) -> dict[str, np.ndarray]:
         if folder == self.managed_dir():  # our own folder holds the canonical files: check them

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "variants": ("suite.cli.commands.listing", "list the registered variants"),
     "tasks": ("suite.cli.commands.listing", "list the registered tasks"),
     "report": ("suite.cli.commands.report", "write a study's markdown report with figures"),
+    "evaluate": ("suite.cli.commands.evaluate", "evaluate a saved model under a chosen way of taking BN statistics"),
     "diagnose": ("suite.cli.commands.diagnose", "diagnostics: gradient flow at initialization (paper Figure 1)"),
     "data": ("suite.cli.commands.data", "prepare task data (download, verify, cache) or show its status"),
     "bench": ("suite.cli.commands.bench", "time every variant against cudnn_lstm; write the throughput table"),

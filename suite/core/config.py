@@ -62,6 +62,9 @@ class TrainConfig:
     eval_stats: "reestimate" (exact population statistics over `reestimate_batches` training
     batches just before each evaluation), "batch" (each evaluation batch's own statistics),
     or "running" (the running averages kept during training).
+    inference_draws: after training, BN variants are evaluated at the best and the last step
+    under every mode (`suite.core.inference.measure_modes`) with this many independent
+    re-estimations; 0 skips that measurement.
     """
 
     steps: int = 1000
@@ -70,6 +73,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     eval_stats: str = "reestimate"
     reestimate_batches: int = 20
+    inference_draws: int = 3  # re-estimation draws when every statistics mode is measured at the end; 0: none
     seed: int = 0
     device: str = "auto"
     log_every: int = 0
@@ -267,6 +271,7 @@ def check_ranges(config: RunConfig, source: str) -> None:
         (config.train.eval_every >= 1, "train.eval_every must be >= 1"),
         (config.train.eval_stats in EVAL_STATS, f"train.eval_stats must be one of {', '.join(EVAL_STATS)}"),
         (config.train.reestimate_batches >= 1, "train.reestimate_batches must be >= 1"),
+        (config.train.inference_draws >= 0, "train.inference_draws must be >= 0 (0 skips the inference measurement)"),
         (all(n >= 1 for n in config.train.eval_lengths), "train.eval_lengths must all be >= 1"),
     ]
     for ok, message in checks:

@@ -1,5 +1,5 @@
 """What produced a result: the environment (library versions, machine, native kernels) and the resolved
-config, written with a run's curve, summary and lengths tables (schemas in `suite.core.results`).
+config, written with a run's curve, summary, lengths and inference tables (schemas in `suite.core.results`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from suite.core import perf
 from suite.core.backends.native import build as native_build
-from suite.core.results import CURVE, LENGTHS, SUMMARY, to_table, write_table
+from suite.core.results import CURVE, INFERENCE, LENGTHS, SUMMARY, to_table, write_table
 
 
 def environment() -> dict[str, Any]:
@@ -41,8 +41,9 @@ def environment() -> dict[str, Any]:
 
 def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]], summary: Mapping[str, Any],
               config: Mapping[str, Any], lengths: list[Mapping[str, Any]] = (),
-              where: Mapping[str, Any] | None = None) -> None:
-    """Write one trial's curve, summary (and lengths) tables; `keys` holds study, trial_id, task, variant, seed.
+              where: Mapping[str, Any] | None = None, inference: list[Mapping[str, Any]] = ()) -> None:
+    """Write one trial's curve, summary (and lengths, inference) tables; `keys` holds study, trial_id, task,
+    variant, seed.
 
     `where` adds facts about the process that ran the trial (e.g. its Ray node) to the environment.
     """
@@ -50,6 +51,8 @@ def write_run(root: str, keys: Mapping[str, Any], curve: list[Mapping[str, Any]]
     write_table(to_table([dict(keys, **row) for row in curve], CURVE), root, "curve", trial_id)
     if lengths:
         write_table(to_table([dict(keys, **row) for row in lengths], LENGTHS), root, "lengths", trial_id)
+    if inference:
+        write_table(to_table([dict(keys, **row) for row in inference], INFERENCE), root, "inference", trial_id)
     row = dict(keys, **summary, config_json=json.dumps(config, sort_keys=True),
                env_json=json.dumps(environment() | dict(where or {}), sort_keys=True))
     write_table(to_table([row], SUMMARY), root, "summary", trial_id)

@@ -82,6 +82,41 @@ LENGTHS = _schema([
     pa.field("stats_mode", pa.string()),
 ], "lengths")
 
+# BN variants at the end of a run: every way of taking statistics at inference (suite.core.inference),
+# at the best-validation and the last step, on validation and test (issue 13).
+INFERENCE = _schema([
+    pa.field("checkpoint", pa.string()),  # "best" or "last"
+    pa.field("step", pa.int64()),  # training step of that checkpoint
+    pa.field("split", pa.string()),
+    pa.field("stats_mode", pa.string()),  # "batch", "reestimate" or "running"
+    pa.field("batch_size", pa.int64()),  # evaluation batch size (batch statistics depend on it)
+    pa.field("draw", pa.int64()),  # independent re-estimation draw (null for batch and running)
+    pa.field("reestimate_batches", pa.int64()),  # training batches per re-estimation (0 when none)
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("loss", pa.float64()),
+    pa.field("seconds", pa.float64()),  # evaluation time (re-estimation excluded): the cost of measuring
+], "inference")
+
+# `suite diagnose bn-inference` on one saved BN model (runners/bn_inference.py; not in TABLES: a diagnostic).
+BN_INFERENCE = _schema([
+    pa.field("kind", pa.string()),  # "divergence" (per time step) or "batches" (metric vs re-estimation batches)
+    pa.field("checkpoint", pa.string()),  # "best" or "last"
+    pa.field("step", pa.int64()),  # training step of the model
+    pa.field("split", pa.string()),
+    pa.field("reference", pa.string()),  # divergence: population statistics compared with batch statistics
+    #                                      ("reestimate" or "running"); batches: the mode of the row
+    pa.field("t", pa.int64()),  # divergence: time step (0-based)
+    pa.field("batches", pa.int64()),  # training batches per re-estimation (batches rows of reestimate)
+    pa.field("draw", pa.int64()),
+    pa.field("batch_size", pa.int64()),  # evaluation batch size
+    pa.field("metric", pa.string()),  # divergence: "relative_l2"; batches: the task's metric
+    pa.field("value", pa.float64()),  # divergence: mean over the batch of ||h_batch - h_pop|| / ||h_batch||
+    pa.field("q25", pa.float64()),
+    pa.field("q75", pa.float64()),
+    pa.field("config_json", pa.string()),
+], "bn_inference")
+
 # Throughput of one variant at one shape (written by `suite bench`); study/trial_id name the bench run.
 THROUGHPUT = _schema([
     pa.field("shape", pa.string()),  # e.g. "smnist" (T=784, B=100, F=1, H=100)
@@ -114,7 +149,8 @@ GRADIENT_FLOW = _schema([
     pa.field("config_json", pa.string()),
 ], GRADIENT_FLOW_TABLE)
 
-TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "throughput": THROUGHPUT}
+TABLES: dict[str, pa.Schema] = {"curve": CURVE, "summary": SUMMARY, "lengths": LENGTHS, "inference": INFERENCE,
+                                 "throughput": THROUGHPUT}
 
 
 def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -5,11 +5,12 @@ and a function returning a resumable checkpoint. Validation and test metrics are
 over the whole split (sums and counts). For BN variants the evaluation takes population
 statistics re-estimated over training batches just before it (default), the batch's own
 statistics, or the running averages (`train.eval_stats`); the mode is stored with every row.
+At the end, BN variants are also evaluated under every mode at the best and the last step
+(`suite.core.inference`), and both model states are returned for saving (`suite.core.checkpoints`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -22,13 +23,13 @@ import numpy as np
 import torch
 
 from suite.core import perf
-from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode
-from suite.core.config import OptimConfig, RunConfig, TrainConfig
+from suite.core.cells.norms import batch_norms
+from suite.core.config import OptimConfig, RunConfig
 from suite.core.device import pick_device  # noqa: F401 -- also part of this module's API
 from suite.core.errors import ConfigError
+from suite.core.inference import REESTIMATE_SEED_OFFSET, evaluate, measure_modes, refresh_statistics
 
-# Training-data stream used for re-estimating statistics, apart from the training stream itself.
-REESTIMATE_SEED_OFFSET = 7919
+__all__ = ["REESTIMATE_SEED_OFFSET", "Evaluation", "LoopState", "RunResult", "evaluate", "fit", "refresh_statistics", "train_step"]
 
 
 @dataclass
@@ -61,12 +62,16 @@ class LoopState:
 
 @dataclass
 class RunResult:
-    """Outcome of `fit`: status, every curve row produced in this call, the summary, length evaluations."""
+    """Outcome of `fit`: status, every curve row produced in this call, the summary, length evaluations,
+    every inference-statistics evaluation (BN variants) and the model states to keep ("best", "last";
+    CPU tensors, running averages as training left them)."""
 
     status: str
     curve: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     lengths: list[dict[str, Any]] = field(default_factory=list)
+    inference: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -105,47 +110,6 @@ def _batches(task, split: str, batch_size: int, seed: int, device, epoch: int = 
     for index, batch in enumerate(task.loader(split, batch_size, seed, epoch)):
         if index >= skip:
             yield batch.to(device)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, task, split: str, train: TrainConfig, device,
-             length: int | None = None) -> tuple[float, float]:
-    """Exact (metric, mean loss) over a whole split, statistics taken as `train.eval_stats` says.
-
-    With `length`, the split is cut into independent segments of that length (the task's
-    `length_loader`), for the paper's evaluation beyond the training length (Figure 3b).
-    """
-    if train.eval_stats == "reestimate" and batch_norms(model):
-        refresh_statistics(model, task, train, device)
-    model.eval()
-    mode = statistics_mode(model, BATCH) if train.eval_stats == "batch" else contextlib.nullcontext()
-    batch_size = train.eval_batch_size or train.batch_size
-    carry = task.carry_state and length is None
-    source = task.loader(split, batch_size, 0) if length is None else task.length_loader(split, length, batch_size)
-    loss_sum = metric_sum = count = 0.0
-    state, offset = None, 0
-    with mode:
-        for batch in source:
-            batch = batch.to(device)
-            logits, state = model(batch, state, offset) if carry else model(batch)
-            offset += batch.inputs.shape[0]
-            score = task.score(logits, batch)
-            loss_sum, metric_sum, count = loss_sum + score.loss_sum, metric_sum + score.metric_sum, count + score.count
-    if count == 0:
-        raise ValueError(f"task {task.name}: split {split!r} is empty")
-    return metric_sum / count, loss_sum / count
-
-
-@torch.no_grad()
-def refresh_statistics(model: torch.nn.Module, task, train: TrainConfig, device) -> None:
-    """Exact population statistics of every BN over `reestimate_batches` training batches."""
-    def run() -> None:
-        model.eval()  # dropout off; the norms are put in accumulate mode by reestimate_statistics
-        stream = _cycle(task, train.batch_size, train.seed + REESTIMATE_SEED_OFFSET, device)
-        for _ in range(train.reestimate_batches):
-            model(next(stream)[2])
-
-    reestimate_statistics(model, run)
 
 
 def _cycle(task, batch_size: int, seed: int, device, epoch: int = 0, skip: int = 0) -> Iterator[tuple]:
@@ -223,14 +187,13 @@ def fit(task, config: RunConfig, on_report: Callable[[Evaluation], bool | None] 
         valid = rows[-1]["value"]
         if _better(valid, s.best, task.mode):
             s.best, s.best_step, s.train_at_best = valid, s.step, rows[0]["value"]
-            s.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            s.best_state = _cpu_state(model)
         say(f"step {s.step}/{train.steps} train loss {rows[0]['loss']:.4f} valid {task.metric} {valid:.4f} "
             f"(best {s.best if s.best is not None else float('nan'):.4f}) {s.train_seconds:.1f}s")
         if on_report and on_report(Evaluation(s.step, train.steps, rows, checkpoint)):
             break
-    lengths: list[dict[str, Any]] = []
-    summary = _summarize(model, task, config, device, s, status, stats_mode, started, lengths) | {"error": error}
-    return RunResult(status, curve, summary, lengths)
+    summary, lengths, inference, models = _summarize(model, task, config, device, s, status, stats_mode, started, say)
+    return RunResult(status, curve, summary | {"error": error}, lengths, inference, models)
 
 
 def _evaluate_interval(model, task, config: RunConfig, device, s: LoopState, stats_mode: str,
@@ -248,22 +211,45 @@ def _evaluate_interval(model, task, config: RunConfig, device, s: LoopState, sta
     return rows
 
 
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+
+
 def _summarize(model, task, config: RunConfig, device, s: LoopState, status: str, stats_mode: str,
-               started: float, lengths: list[dict[str, Any]]) -> dict[str, Any]:
-    """Test metric at the last and at the best validation step (and at other lengths), and cost figures."""
+               started: float, say: Callable[[str], None]) -> tuple[dict[str, Any], list, list, dict]:
+    """Test metric at the last and at the best validation step (and at other lengths), every
+    inference-statistics mode at both (BN variants, `train.inference_draws` > 0), cost figures,
+    and the two model states. Returns (summary, lengths rows, inference rows, models)."""
     nan = float("nan")
+    train = config.train
+    lengths: list[dict[str, Any]] = []
+    inference: list[dict[str, Any]] = []
+    models: dict[str, dict[str, torch.Tensor]] = {}
+
+    def modes(checkpoint: str, step: int) -> None:
+        if train.inference_draws > 0:
+            inference.extend(dict(row, step=step) for row in
+                             measure_modes(model, task, train, device, checkpoint, say=say))
+
     test_at_last = nan
     if status == "finished":
-        test_at_last = evaluate(model, task, "test", config.train, device)[0]
+        models["last"] = _cpu_state(model)
+        test_at_last = evaluate(model, task, "test", train, device)[0]
+        modes("last", s.step)
     test_at_best = nan
     if s.best_state is not None:
+        models["best"] = s.best_state
         model.load_state_dict(s.best_state)
-        test_at_best = evaluate(model, task, "test", config.train, device)[0]
+        test_at_best = evaluate(model, task, "test", train, device)[0]
         lengths.extend({"checkpoint": "best", "split": "test", "length": length, "metric": task.metric,
-                        "value": evaluate(model, task, "test", config.train, device, length)[0],
+                        "value": evaluate(model, task, "test", train, device, length)[0],
                         "stats_mode": stats_mode}
-                       for length in config.train.eval_lengths)
-    return {
+                       for length in train.eval_lengths)
+        if s.best_step == s.step and "last" in models:  # the same weights: relabel, do not re-measure
+            inference.extend([dict(row, checkpoint="best") for row in inference if row["checkpoint"] == "last"])
+        else:
+            modes("best", s.best_step)
+    summary = {
         "status": status, "metric": task.metric, "mode": task.mode, "stats_mode": stats_mode,
         "best_step": s.best_step, "best_valid": s.best if s.best is not None else nan,
         "valid_at_last": s.last_valid if s.last_valid is not None else nan,
@@ -273,3 +259,4 @@ def _summarize(model, task, config: RunConfig, device, s: LoopState, status: str
         "examples_per_second": s.examples / s.train_seconds if s.train_seconds > 0 else nan,
         "num_params": sum(p.numel() for p in model.parameters()), "device": str(device),
     }
+    return summary, lengths, inference, models

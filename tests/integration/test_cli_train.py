@@ -37,6 +37,54 @@ def test_train_writes_curve_and_summary_tables(tmp_path):
     assert config["model"]["options"] == {} and config["train"]["seed"] == 3
     assert "torch" in json.loads(row.env_json)
     assert not list(tmp_path.rglob("*.tmp"))
+    # Issue 13: every BN inference mode at best and last, and both models, kept beside the tables.
+    inference = ds.dataset(tmp_path / "inference").to_table().to_pylist()
+    assert {(r["checkpoint"], r["stats_mode"]) for r in inference} == {
+        (c, m) for c in ("best", "last") for m in ("batch", "reestimate", "running")}
+    assert sorted({r["batch_size"] for r in inference if r["stats_mode"] == "batch"}) == [16, 64]
+    models = tmp_path / "models" / row.trial_id
+    assert sorted(p.name for p in models.iterdir()) == ["best.pt", "last.pt"]
+    assert "models in" in done.stdout
+
+
+def test_evaluate_a_saved_model_under_each_mode_and_refuse_a_bad_file(tmp_path, capsys):
+    # In-process (suite.cli.main) to keep the default run fast; the subprocess path is tested above.
+    from suite.cli import main
+
+    assert main(["train", "--task", "adding", "--variant", "bn_lstm", *TINY, "--set", "train.inference_draws=3",
+                 "--results", str(tmp_path), "--quiet"]) == 0
+    trial = next((tmp_path / "models").iterdir()).name
+    inference = ds.dataset(tmp_path / "inference").to_table().to_pylist()
+
+    def table(mode: str, **match) -> float:
+        rows = [r for r in inference if r["checkpoint"] == "last" and r["split"] == "test" and r["stats_mode"] == mode
+                and all(r[k] == v for k, v in match.items())]
+        return rows[0]["value"]
+
+    def evaluate(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["evaluate", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    # The saved model, evaluated later, gives what the run measured at its end, mode by mode.
+    for mode, match in (("batch", {"batch_size": 16}), ("running", {})):
+        code, out, err = evaluate(trial, "--results", str(tmp_path), "--checkpoint", "last", "--stats", mode,
+                                  "--split", "test")
+        assert code == 0, err
+        assert f"{mode}: mse {table(mode, **match):.4f}" in out
+    code, out, err = evaluate(str(tmp_path / "models" / trial), "--checkpoint", "last", "--stats", "reestimate",
+                              "--split", "test", "--draws", "3")
+    assert code == 0, err
+    for draw in range(3):
+        assert f"draw {draw}): mse {table('reestimate', draw=draw):.4f}" in out
+    # A corrupted file and an unknown trial: one line, exit 2.
+    last = tmp_path / "models" / trial / "last.pt"
+    last.write_bytes(last.read_bytes()[:300])
+    code, out, err = evaluate(str(last), "--stats", "batch")
+    assert code == 2 and err.count("\n") == 1 and "corrupted" in err, err
+    code, out, err = evaluate("no-such-trial", "--results", str(tmp_path))
+    assert code == 2 and "saved trials there: " + trial in err, err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runners.cluster import processes_of, stop_processes, stop_ray_in
+from suite.core.checkpoints import file_config, model_path, read_model
 from suite.core.results import SUMMARY, read_table, read_trial_row, to_table, write_table
 
 pytestmark = pytest.mark.ray
@@ -133,6 +134,10 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
     summary = read_table(str(root), "summary").to_pylist()[0]
     assert summary["steps"] == 1000 and summary["study"] == "kill" and summary["variant"] == "lstm"
     assert '"hidden_size": 12' in summary["config_json"] and '"torch"' in summary["env_json"]
+    # The retried trial kept its models (issue 13), loadable with the config saved in them.
+    saved = read_model(model_path(str(root), trial, "last"))
+    assert saved["step"] == 1000 and file_config(saved)["model"]["hidden_size"] == 12
+    assert read_model(model_path(str(root), trial, "best"))["step"] == summary["best_step"]
 
 
 def test_sigint_then_resume_skips_finished_trials(tmp_path, ray_tmp):

@@ -121,6 +121,14 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     assert summary.loc["adding-lstm-s0-device=cpu", "status"] == "finished"
     assert summary.loc["adding-bn_lstm-s0-device=cpu", "status"] == "finished"
     assert summary.loc["adding-bn_lstm-s0-device=cpu", "stats_mode"] == "reestimate"
+    # Issue 13: the BN trial measured every inference mode, and both trials kept their models.
+    inference = read_table(root, "inference").to_pandas()
+    assert set(inference.trial_id) == {"adding-bn_lstm-s0-device=cpu"}
+    assert set(inference.stats_mode) == {"batch", "reestimate", "running"}
+    assert sorted(inference[inference.stats_mode == "reestimate"].draw.unique()) == [0, 1, 2]
+    for variant in ("lstm", "bn_lstm"):
+        assert sorted(p.name for p in (results / "onjob" / "models" / f"adding-{variant}-s0-device=cpu").iterdir()) \
+            == ["best.pt", "last.pt"]
     curve = read_table(root, "curve").to_pandas()
     assert sorted(curve[curve.trial_id == "adding-lstm-s0-device=cpu"].step.unique()) == [5, 10]
     assert not curve.duplicated(["trial_id", "step", "split"]).any()

@@ -20,7 +20,7 @@ from reports.stats import t_cdf, t_ppf, welch_interval
 from suite.cli import main as cli
 from suite.core.errors import SuiteError
 from suite.core.results import CURVE, SUMMARY, to_table, write_table
-from tests.unit.report_fixtures import PTB, SMNIST, benchmark_json, write_gradient_flow, write_study
+from tests.unit.report_fixtures import INFERENCE_VALUES, PTB, SMNIST, benchmark_json, write_gradient_flow, write_study
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report_small.md"
 T4 = 2.7764451051977987  # t_{0.975, 4} (textbook tables: 2.776)
@@ -149,6 +149,54 @@ def test_generalization_cost_and_problems(report):
     assert str(report[0].parent) not in text
     flow = row(text, "1.00", "## Gradient flow")
     assert flow[1:] == ["1.000e-02", "1.000e-40", "1.000e-38"]
+
+
+def test_inference_statistics_section(report):
+    out, text = report
+    section = "### Inference statistics (BN arms)"
+    lstm = [SMNIST[("lstm", s)][5] for s in range(3)]
+
+    def values(mode, size=None):
+        per_seed = []
+        for seed in range(3):
+            v = [x[4] for x in INFERENCE_VALUES[("bn_lstm", seed)] if x[0] == mode and (size is None or x[1] == size)]
+            per_seed.append(statistics.mean(v))
+        return per_seed
+
+    for label, mode, size in (("batch (10)", "batch", 10), ("batch (40)", "batch", 40), ("running", "running", None),
+                              ("reestimate (20 batches, 3 draws)", "reestimate", None)):
+        cells = [r for r in text.split("## Task `smnist`")[1].split(section)[1].split("\n#")[0].splitlines()
+                 if r.startswith(f"| `bn_lstm` | {label} |")][0].strip("|").split(" | ")
+        best = values(mode, size)
+        assert cells[2].strip() == pm(best)
+        assert cells[4].strip() == pm([v - 0.01 for v in best])
+        d = statistics.mean(best) - statistics.mean(lstm)
+        assert cells[6].strip().startswith(f"{d * 100:+.2f} [")
+        assert cells[3].strip() == ("2.00 [2.00]" if mode == "reestimate" else "—")
+    # running (mean 0.90) falls below lstm (0.92); every other mode is above: the sentence says so.
+    assert ("The ranking of `bn_lstm` against `lstm` changes with the mode: above under batch (10), batch (40), "
+            "reestimate (20 batches, 3 draws); below under running") in text
+    # ptb_char's BN arm has no inference rows: the section says it was not measured instead of vanishing.
+    ptb = text.split("## Task `ptb_char`")[1].split(section)[1].split("\n#")[0]
+    assert "Not measured for `bn_lstm`" in ptb
+    # The quality and convergence tables name the mode behind them.
+    assert text.count("BN statistics behind the validation metric that selects the best step and the test metric: "
+                      "`bn_lstm` reestimate") == 2
+    assert text.count("BN statistics behind the validation curves: `bn_lstm` reestimate") == 2
+
+
+def test_ranking_sentence_without_a_change():
+    from reports.inference import ModeResult, ranking_sentence
+    from reports.stats import summarize as summ
+
+    modes = [ModeResult("batch (10)", (0, 10), summ([0.5, 0.6]), (0.5, 0.6), None),
+             ModeResult("running", (1, 0), summ([0.4, 0.5]), (0.4, 0.5), None)]
+    assert ranking_sentence("bn_lstm", "lstm", 0.3, modes, True).startswith(
+        "`bn_lstm` ranks above `lstm` under every mode")
+    assert "changes with the mode: above under batch (10); below under running" in \
+        ranking_sentence("bn_lstm", "lstm", 0.47, modes, True)
+    assert ranking_sentence("bn_lstm", "lstm", 0.3, modes, False).startswith(  # lower is better: both worse
+        "`bn_lstm` ranks below `lstm` under every mode")
 
 
 def test_golden_and_deterministic(report, tmp_path):

@@ -30,7 +30,8 @@ from suite.core import variants  # noqa: E402
 from suite.core.backends import choose  # noqa: E402
 from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot  # noqa: E402
 from suite.core.backends.triton import loop  # noqa: E402
-from suite.core.cells.norms import BATCH, batch_norms, reestimate_statistics, statistics_mode  # noqa: E402
+from suite.core.cells.norms import (  # noqa: E402
+    BATCH, LayerNorm, batch_norms, reestimate_statistics, statistics_mode)
 
 VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -146,10 +147,34 @@ def test_lengths(name):
     assert_same(ref, fast, data(), lengths=lengths)
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_no_grad_evaluation(name):
+    """Without grad the loop keeps one step's buffers (two cells in turn): same outputs and states."""
+    ref, fast = pair(name)
+    ref.eval(), fast.eval()
+    lengths = torch.tensor([T, 2, 4])
+    with torch.no_grad():
+        expected, got = ref(data(), lengths=lengths), fast(data(), lengths=lengths)
+    for a, b in zip([expected[0], *expected[1]], [got[0], *got[1]]):
+        torch.testing.assert_close(b, a, **TIGHT)
+
+
 @pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
 def test_bidirectional_two_layer_stack(name):
     ref, fast = pair(name, num_layers=2, bidirectional=True)
     assert_same(ref, fast, data(), lengths=torch.tensor([T, 1, 3]))
+
+
+def test_batch_norm_and_layer_norm_in_one_layer():
+    """No built-in variant mixes them, but a tile holding the whole batch and every unit computes it."""
+    ref, fast = pair("bn_lstm")
+    for model in (ref, fast):
+        torch.manual_seed(5)
+        model.layers[0].norm_c = LayerNorm(H, 0.7, 1e-5, bias=True).double()
+        with torch.no_grad():
+            model.layers[0].norm_c.bias.normal_()
+    assert choose(fast.layers[0], data()) is loop.run_layer
+    assert_same(ref, fast, data())
 
 
 def test_time_offset_reads_later_statistics_rows():
@@ -186,7 +211,7 @@ def test_gradcheck_every_norm_kind():
         inputs = [v.requires_grad_() for v in inputs]
 
         def f(*args):
-            return loop.TritonLoop.apply(slots, owners, padding, *args)
+            return loop.TritonLoop.apply(True, slots, owners, padding, *args)
 
         assert torch.autograd.gradcheck(f, (*inputs, *params), fast_mode=True), (kind, padding is not None)
 

@@ -1,4 +1,4 @@
-"""`suite train`: one run of a task with a variant, progress on stdout, results as Parquet."""
+"""`suite train`: one run of a task with a variant, progress on stdout, results as Parquet, models under models/."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Resolve the config, train, write curve and summary tables."""
+    from suite.core.checkpoints import save_models
     from tasks.resolve import load_run_config
     from suite.core.provenance import write_run
     from suite.core.results import check_writable
@@ -50,12 +51,16 @@ def main(args: argparse.Namespace) -> int:
     trial_id = f"{config.task.name}-{config.model.variant}-s{config.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     keys = {"study": "train", "trial_id": trial_id, "task": config.task.name,
             "variant": config.model.variant, "seed": config.train.seed}
-    write_run(args.results, keys, result.curve, result.summary, config.to_dict() | {"task_facts": task.describe()},
-              result.lengths)
+    recorded = config.to_dict() | {"task_facts": task.describe()}
+    saved = save_models(args.results, trial_id, result.models, recorded,
+                        {"best": result.summary["best_step"], "last": result.summary["steps"]})
+    write_run(args.results, keys, result.curve, result.summary, recorded, result.lengths,
+              inference=result.inference)
     s = result.summary
     print(f"{result.status}: best valid {s['metric']} {s['best_valid']:.4f} at step {s['best_step']}, "
           f"test {s['test_at_best']:.4f} (at best) / {s['test_at_last']:.4f} (last); "
-          f"{s['examples_per_second']:.0f} examples/s; tables in {args.results}")
+          f"{s['examples_per_second']:.0f} examples/s; tables in {args.results}"
+          + (f", models in {args.results}/models/{trial_id}/ ({len(saved)} saved)" if saved else ""))
     return 0 if result.status == "finished" else 1
 
 

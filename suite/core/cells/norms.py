@@ -249,6 +249,25 @@ def statistics_mode(module: nn.Module, mode: str) -> Iterator[None]:
             n.mode_override = s
 
 
+@contextlib.contextmanager
+def kept_statistics(module: nn.Module) -> Iterator[None]:
+    """Restore every StepBatchNorm's running averages when the block ends.
+
+    Re-estimating population statistics overwrites the buffers that hold the running
+    averages; an evaluation wrapped in this leaves them as training made them, so the
+    `running` mode can still be measured afterwards (and a saved model holds them).
+    """
+    norms = batch_norms(module)
+    saved = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, (mean, var) in zip(norms, saved):
+                n.running_mean.copy_(mean)
+                n.running_var.copy_(var)
+
+
 @torch.no_grad()
 def reestimate_statistics(module: nn.Module, run_batches) -> int:
     """Set population statistics exactly from the batches that `run_batches()` feeds the module.

@@ -18,9 +18,10 @@ the native kernels, so train, batch, population and accumulate (re-estimation) m
 steps beyond T_max follow the reference's rules.
 
 Not handled here (the caller then uses another path; all rare): tiles over `MAX_TILE`
-values, which happens when a batch-norm (batch statistics) slot meets a layer-norm slot in one
-layer, or for a batch over 8192 examples with batch statistics, or H over 8192 with layer norm;
-dtypes other than float32/float64; CUDA autocast; tensors beyond 2^31 elements.
+values, which happens for batch statistics of over 8192 examples, layer norm over 8192 units,
+or batch statistics and layer norm in one layer (no built-in variant mixes them) when the
+padded B x H exceeds 8192; dtypes other than float32/float64; CUDA autocast; tensors beyond
+2^31 elements.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
                 params.append(tensor)
                 owners.append((index, name))
     padding = None if real is None else (real, count)
-    out, h, c = TritonLoop.apply(slots, owners, padding, xg, layer.weight_hh, h0, c0, *params)
+    out, h, c = TritonLoop.apply(torch.is_grad_enabled(), slots, owners, padding, xg, layer.weight_hh, h0, c0,
+                                 *params)
     record_statistics(slots, norms, count, time_offset)
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
@@ -146,17 +148,19 @@ def _norm_args(slot: Slot, dummy: torch.Tensor) -> list[torch.Tensor]:
 class TritonLoop(torch.autograd.Function):
     """The recurrence over the input term xg (T, B, 4H), forward and backward.
 
+    `grad_enabled` is torch's grad mode at the call (inside `forward` it is always off).
     `padding` is None or (mask (T, B), count (T,)) in the input's dtype; outputs at padded
     steps are the held state (the caller zeroes them). Saved for backward: W_h h_{t-1} (only
     with a norm_h), the gate activations, c and h per step, tanh(norm_c(c)) and the statistics.
     """
 
     @staticmethod
-    def forward(ctx, slots, owners, padding, xg, w, h0, c0, *params):
+    def forward(ctx, grad_enabled, slots, owners, padding, xg, w, h0, c0, *params):
         kernels = _kernels()
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        keep = any(ctx.needs_input_grad)
+        # Without a backward to come (no_grad evaluation), per-step buffers are reused: two cells, one step.
+        keep = grad_enabled and any(ctx.needs_input_grad)
         kept = steps if keep else 1
         kinds = (slots[0].kind, slots[1].kind)
         tile = tiling(kinds, batch, hidden)
@@ -183,13 +187,13 @@ class TritonLoop(torch.autograd.Function):
                    **meta)
         if keep:
             ctx.slots, ctx.owners, ctx.padding, ctx.tile = slots, owners, padding, tile
-            ctx.save_for_backward(xg, w, zh, acts, hs, cs, tcn)
+            ctx.save_for_backward(w, zh, acts, hs, cs, tcn)  # not xg: nothing in backward reads it
         return hs[1:], hs[-1].clone(), cs[steps if keep else steps % 2].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         kernels = _kernels()
-        xg, w, zh, acts, hs, cs, tcn = ctx.saved_tensors
+        w, zh, acts, hs, cs, tcn = ctx.saved_tensors
         slots, owners, padding, tile = ctx.slots, ctx.owners, ctx.padding, ctx.tile
         steps, batch, four_h = acts.shape
         hidden = four_h // 4
@@ -201,8 +205,8 @@ class TritonLoop(torch.autograd.Function):
         dh = torch.empty_like(hs[0])
         dc = d_cn.contiguous().clone()
         carry = torch.zeros_like(dh) if padding is not None else dh
-        mask, count = padding if padding is not None else (xg, xg)
-        stats = [v if v is not None else xg for s in slots for v in (s.gamma, s.mean, s.invstd)]
+        mask, count = padding if padding is not None else (w, w)  # w: a placeholder pointer, never read
+        stats = [v if v is not None else w for s in slots for v in (s.gamma, s.mean, s.invstd)]
         meta = dict(H_KIND=kinds[0], C_KIND=kinds[1], HAS_MASK=padding is not None, BLOCK_B=tile.block_b,
                     BLOCK_H=tile.block_h, num_warps=tile.num_warps)
         launch = kernels.step_backward[tile.grid]
@@ -220,7 +224,7 @@ class TritonLoop(torch.autograd.Function):
             d_h0 += carry
         grads = _norm_grads(slots, (d_gates, d_norm_c), (zh, cs[1:]))
         param_grads = [grads[index][name] for index, name in owners]
-        return (None, None, None, d_gates, d_w, d_h0, dc, *param_grads)
+        return (None, None, None, None, d_gates, d_w, d_h0, dc, *param_grads)
 
 
 def _norm_grads(slots: list[Slot], d_outputs, inputs) -> list[dict[str, torch.Tensor]]:
