@@ -191,8 +191,14 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
 
     trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     tune_dir = f"{root}/{TUNE_DIR}"
+    if resume and reopen_failed(tune_dir) is None:
+        # Tune's state was cut short (it is saved to the same disk: a full one truncates it) and Tune
+        # cannot restore from it. A fresh Tuner still finishes the study: trials whose tables say they
+        # ended report those (trainable.written_end); the others start again from their first step.
+        print(f"note: Tune's saved state in {tune_dir} is damaged (was the disk full?); trials that ended "
+              f"keep their tables, unfinished ones start again from their first step", file=sys.stderr)
+        resume = False
     if resume:
-        reopen_failed(tune_dir)
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         metric = {name: _task_metric(name) for name in study.tasks}
@@ -261,19 +267,23 @@ class _OneLineSyncErrors(logging.Filter):
         return first
 
 
-def reopen_failed(tune_dir: str) -> list[str]:
+def reopen_failed(tune_dir: str) -> list[str] | None:
     """Mark trials that ended themselves `failed` (runners.trainable: a write failed, a bad setting) as
     errored in Tune's saved experiment state, so that `--resume` resumes them from their last checkpoint
     as it does trials whose worker crashed. Tune counts a trial that returned as terminated for good.
-    Returns the trial ids reopened."""
+    Returns the trial ids reopened; None when the state is unreadable (then moved aside to *.damaged)."""
     fs, path = filesystem(tune_dir)
     states = [info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
               if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")]
     if not states:
         return []
     latest = max(states)  # named experiment_state-<timestamp>.json
-    with fs.open_input_stream(latest) as fh:
-        state = json.loads(fh.read().decode())
+    try:
+        with fs.open_input_stream(latest) as fh:
+            state = json.loads(fh.read().decode())
+    except ValueError:  # truncated JSON
+        fs.move(latest, f"{latest}.damaged")
+        return None
     reopened = []
     for pair in state.get("trial_data", []):
         trial, meta = json.loads(pair[0]), json.loads(pair[1])
