@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from suite.core.errors import SuiteError
-from suite.core.results import SCHEMA_VERSION, TABLES
+from suite.core.results import ADDED_SINCE, SCHEMA_VERSION, TABLES
 
 # Canonical display order; unknown names follow alphabetically.
 VARIANT_ORDER = ["lstm", "cudnn_lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm"]
@@ -42,10 +42,14 @@ def check_schema(actual: pa.Schema, expected: pa.Schema, path: Path) -> None:
     table, version = meta.get(b"table"), meta.get(b"schema_version")
     if table is not None and table.decode() != name:
         raise SuiteError(f"{path}: holds a {table.decode()!r} table, expected {name!r}")
-    if version is not None and version.decode() != SCHEMA_VERSION:
-        raise SuiteError(f"{path}: schema_version {version.decode()}, this suite reads version {SCHEMA_VERSION}")
+    if version is not None and version.decode() != SCHEMA_VERSION and version.decode() not in ADDED_SINCE:
+        raise SuiteError(f"{path}: schema_version {version.decode()}, this suite reads versions "
+                         f"{', '.join(sorted([*ADDED_SINCE, SCHEMA_VERSION]))}")
+    newer = ADDED_SINCE.get(version.decode(), ()) if version is not None else ()
     for wanted in expected:
         index = actual.get_field_index(wanted.name)
+        if index < 0 and wanted.name in newer:
+            continue  # an older file: the column reads as nulls
         if index < 0:
             raise SuiteError(f"{path}: column {wanted.name!r} of the {name} schema is missing")
         if actual.field(index).type != wanted.type:
@@ -120,6 +124,9 @@ class StudyTables:
     trials: dict[str, TrialSummary] = field(default_factory=dict)
     parts: tuple[tuple[str, Path], ...] = ()  # (name, directory) of each merged study; empty for one study
     inference: pa.Table | None = None  # BN arms under every statistics mode (issue 13)
+    # Search-phase trials of a tuned study (runners.phases): read by reports.tuning only; `trials`,
+    # `summary` and `curve` hold the rest (the final comparison), so every other section is unchanged.
+    search: dict[str, TrialSummary] = field(default_factory=dict)
 
     def metric(self, task: str) -> tuple[str, str]:
         """(metric, mode) of a task from the first trial that recorded them (failed ones may not)."""
@@ -214,12 +221,46 @@ def load_study(study_dir: str | Path) -> StudyTables:
     recorded = sorted({n for t in (tables["summary"], tables["curve"]) if t is not None
                        for n in pc.unique(t["study"]).to_pylist() if n})
     name = recorded[0] if len(recorded) == 1 else path.resolve().name
-    study = StudyTables(name, path, tables["summary"], tables["curve"], tables["lengths"], tables["throughput"],
-                        inference=tables["inference"])
-    if study.summary is not None:
-        rows = study.summary.sort_by([("trial_id", "ascending")]).to_pylist()
+    summary, curve = (_without_search(tables[n]) for n in ("summary", "curve"))
+    searched = _search_only(tables["summary"])
+    # lengths and inference carry no phase column: a search trial's rows go by its trial id.
+    search_ids = pa.array(sorted(set(searched["trial_id"].to_pylist())) if searched is not None else [], pa.string())
+    lengths, inference = (_without_trials(tables[n], search_ids) for n in ("lengths", "inference"))
+    study = StudyTables(name, path, summary, curve, lengths, tables["throughput"], inference=inference)
+    for source, target in ((summary, study.trials), (searched, study.search)):
+        if source is None:
+            continue
+        rows = source.sort_by([("trial_id", "ascending")]).to_pylist()
         for row, (arm, settings) in zip(rows, _arms(rows)):
-            study.trials[row["trial_id"]] = TrialSummary(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
-                                                  arm, settings, row["status"] or "unknown", row["error"] or "", row)
+            target[row["trial_id"]] = TrialSummary(row["trial_id"], row["task"], row["variant"], int(row["seed"] or 0),
+                                                   arm, settings, row["status"] or "unknown", row["error"] or "", row)
     return study
+
+
+def _is_search(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table["phase"], "search"), False)
+
+
+def _without_search(table: pa.Table | None) -> pa.Table | None:
+    """The rows of a table outside a study's search phase (all rows of an untuned study)."""
+    if table is None:
+        return None
+    kept = table.filter(pc.invert(_is_search(table)))
+    return kept if kept.num_rows else None
+
+
+def _without_trials(table: pa.Table | None, trial_ids: pa.Array) -> pa.Table | None:
+    """The rows of a table whose trial is not in `trial_ids` (None when none are left)."""
+    if table is None or not len(trial_ids):
+        return table
+    kept = table.filter(pc.invert(pc.is_in(table["trial_id"], value_set=trial_ids)))
+    return kept if kept.num_rows else None
+
+
+def _search_only(table: pa.Table | None) -> pa.Table | None:
+    """The search-phase rows of a table, or None."""
+    if table is None:
+        return None
+    kept = table.filter(_is_search(table))
+    return kept if kept.num_rows else None
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reports import claims, convergence, generalization, inference
+from reports import claims, convergence, generalization, inference, tuning
 from reports.cost import BenchmarkRun, read_benchmark_json
 from reports.gradient_flow import figures as flow_figures
-from reports.load import BASELINE, StudyTables, load_study, read_folder
+from reports.load import BASELINE, TASK_ORDER, StudyTables, load_study, ordered, read_folder
 from reports.merge import merge
 from reports.paper import reference
 from reports.plots import curve_figure, lengths_figure
@@ -142,6 +142,9 @@ class MarkdownReport:
                        "A `*` marks an interval that excludes zero. Paper numbers are the test results of Cooijmans et "
                        "al. (2016), Tables 1-3.", ""]
         self.sources_section()
+        # A tuned study: what the search did, per task, before the comparison at tuned settings.
+        for task in ordered((t.task for t in s.search.values()), TASK_ORDER):
+            tuning.section(self, task)
         for task in s.tasks():
             self.task_section(task)
         self.claims_section()

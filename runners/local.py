@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,8 @@ from pyarrow import fs as pafs
 
 from runners.cluster import check_resources, connect
 from runners.lock import study_lock
-from runners.study import Study, Trial, load_study, make_trial_id
-from runners.trainable import DONE, POINT, RESULTS, STUDY, point, point_of, study_root, train_trial, written_end
+from runners.study import Study, Trial, load_study
+from runners.trainable import DONE, POINT, RESULTS, STUDY, point, recorded_point, study_root, train_trial, written_end
 from suite.core import device
 from suite.core.errors import SuiteError
 from suite.core.provenance import environment
@@ -100,7 +100,8 @@ def prepare_root(root: str, study: Study, resume: bool) -> None:
     tune_dir = f"{root}/{TUNE_DIR}"
     had_results = any(_exists(f"{root}/{name}") for name in ("summary", "curve", TUNE_DIR))
     if resume:
-        if not tune.Tuner.can_restore(tune_dir):
+        # A tuned study keeps one experiment per phase under tune/ (runners.phases).
+        if not (tune.Tuner.can_restore(tune_dir) or (study.search is not None and _exists(tune_dir))):
             raise SuiteError(f"nothing to resume: {root} holds no started run of study {study.name}; "
                              f"run it without --resume")
         saved = _read_text(f"{root}/{STUDY_FILE}")
@@ -143,7 +144,13 @@ def run_study(path: str, results: str, address: str | None = None, resume: bool 
         for name in sorted({t.config.train.device for t in trials}):
             device.check_available(name, f"{study.source}: train.device")
     if dry_run:
-        print(plan(study, trials))
+        if study.search is not None:  # the final trials' settings are not known before the search
+            from runners.phases import budget
+
+            print(f"study {study.name}: cpu={study.resources.cpu:g} gpu={study.resources.gpu:g} per trial; "
+                  f"max_failures={study.failure.max_failures}\n{budget(study)}")
+        else:
+            print(plan(study, trials))
         return StudyRun(0)
     results = _absolute(results)
     root = study_root(results, study.name)
@@ -167,9 +174,15 @@ def _run(study: Study, trials: Sequence[Trial], path: str, results: str, root: s
     started = time.monotonic()
     with connect(address, num_cpus) as session:
         described = check_resources(study.resources.cpu, study.resources.gpu)
-        print(f"study {study.name}: {len(trials)} trials on {described} ({'embedded' if session.embedded else session.address}); "
+        count = len(trials) + (len(study.variants) * len(study.tasks) * study.search.samples if study.search else 0)
+        print(f"study {study.name}: {count} trials on {described} ({'embedded' if session.embedded else session.address}); "
               f"results in {root}", flush=True)
-        outcomes = _fit(study, trials, results, root, resume)
+        if study.search is not None:
+            from runners.phases import run_phases
+
+            outcomes = run_phases(study, results, root, resume)
+        else:
+            outcomes = _fit(study, trials, results, root, resume)
     wall = time.monotonic() - started
     _record_unfinished(root, study, outcomes)
     print(summary_text(study, outcomes, wall), flush=True)
@@ -187,35 +200,68 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     """Build (or restore) the Tuner, run it, and tell how each trial ended."""
     from ray import tune
 
-    from runners.progress import Progress, trial_name  # a Tune callback: imports Ray
-
-    trainable = tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     tune_dir = f"{root}/{TUNE_DIR}"
-    if resume and reopen_failed(tune_dir) is None:
-        # Tune's state was cut short (it is saved to the same disk: a full one truncates it) and Tune
-        # cannot restore from it. A fresh Tuner still finishes the study: trials whose tables say they
-        # ended report those (trainable.written_end); the others start again from their first step.
-        print(f"note: Tune's saved state in {tune_dir} is damaged (was the disk full?); trials that ended "
-              f"keep their tables, unfinished ones start again from their first step", file=sys.stderr)
-        resume = False
-    if resume:
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        metric = {name: _task_metric(name) for name in study.tasks}
+    tuner = restore_tuner(study, tune_dir) if resume else None
+    if tuner is None:
         param_space = {
             STUDY: study.to_dict(), RESULTS: results,
             # Grid axes, never sampled: every variant sees every seed (and every point of its grid).
             POINT: tune.grid_search([point(t.task, t.variant, t.seed, t.grid) for t in study.trials()]),
         }
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            # reuse_actors: a finished trial's worker takes the next trial (saves a process start and imports).
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=root, verbose=0, callbacks=[Progress(metric)],
-                failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        tuner = new_tuner(study, param_space, root, TUNE_DIR)
+    by_id = {t.trial_id: t for t in trials}
+    outcomes = outcomes_of(tuner, lambda name, config: by_id.get(name), root)
+    seen = {o.trial.trial_id for o in outcomes}
+    outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    return sorted(outcomes, key=lambda o: order[o.trial.trial_id])
+
+
+def _trainable(study: Study):
+    from ray import tune
+
+    return tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+
+
+def restore_tuner(study: Study, experiment: str):
+    """The Tuner of an interrupted experiment: finished trials are skipped, the rest resume from their
+    checkpoints (trials that failed by themselves too: `reopen_failed`). None when Tune's saved state
+    is damaged: the caller starts a fresh Tuner, in which trials whose tables say they ended report
+    those (trainable.written_end) and the others start again from their first step."""
+    from ray import tune
+
+    if reopen_failed(experiment) is None:
+        # Tune saves its state to the results' disk; a full one cuts it short and Tune cannot restore it.
+        print(f"note: Tune's saved state in {experiment} is damaged (was the disk full?); trials that ended "
+              f"keep their tables, unfinished ones start again from their first step", file=sys.stderr)
+        return None
+    return tune.Tuner.restore(experiment, _trainable(study), resume_unfinished=True, resume_errored=True)
+
+
+def new_tuner(study: Study, param_space: dict[str, Any], storage: str, name: str, **tune_config: Any):
+    """A Tuner for one experiment of a study under `<storage>/<name>`; `tune_config` adds TuneConfig
+    arguments (searcher, scheduler, num_samples) to the study's own."""
+    from ray import tune
+
+    from runners.progress import Progress, trial_name  # a Tune callback: imports Ray
+
+    metric = {task: _task_metric(task) for task in study.tasks}
+    return tune.Tuner(
+        _trainable(study), param_space=param_space,
+        # reuse_actors: a finished trial's worker takes the next trial (saves a process start and imports).
+        tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                    reuse_actors=True, **tune_config),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[Progress(metric)],
+            failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def outcomes_of(tuner, trial_of: Callable[[str, dict[str, Any]], Trial | None], root: str) -> list[Outcome]:
+    """Fit a Tuner and tell how each of its trials ended; `trial_of(name, config)` gives the study's Trial
+    of a Tune trial (None: unknown, left out; the caller records it as interrupted, and resumable)."""
+    from runners.progress import Progress
+
     sync_log = logging.getLogger("ray.tune.execution.experiment_state")
     one_line = _OneLineSyncErrors()
     sync_log.addFilter(one_line)
@@ -223,29 +269,26 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
         grid = tuner.fit()
     finally:
         sync_log.removeFilter(one_line)
-    by_id = {t.trial_id: t for t in trials}
     timing = Progress.current.trial_seconds if Progress.current else {}
     outcomes = []
     for result in grid:
         config = result.config or {}
-        # An errored trial's result can come back without its config; its directory is named by trial id.
-        name = _config_name(config) if POINT in config else (result.path or "").rstrip("/").rsplit("/", 1)[-1]
-        if name not in by_id:
-            continue  # unidentifiable: recorded as interrupted below, and resumable
+        # The trial's directory is named by its trial id (trial_dirname_creator), config or not.
+        name = (result.path or "").rstrip("/").rsplit("/", 1)[-1]
+        trial = trial_of(name, config)
+        if trial is None:
+            continue
         metrics = dict(result.metrics or {})
         status = metrics.get("status")
-        ended = written_end(root, name, by_id[name].config.train.steps) if status not in DONE else None
+        ended = written_end(root, name, trial.config.train.steps) if status not in DONE else None
         if ended is not None:  # the trial wrote its summary, but its last report never reached us
             status, metrics = ended["status"], ended
         error = metrics.get("error") if status == "failed" else None  # a trial that ended itself (trainable)
         if status not in DONE:
             status = "failed" if result.error is not None or error else "interrupted"
             error = error or (_error_line(result.error) if status == "failed" else None)
-        outcomes.append(Outcome(by_id[name], status, metrics, error, timing.get(name)))
-    seen = {o.trial.trial_id for o in outcomes}
-    outcomes += [Outcome(t, "interrupted", {}) for t in trials if t.trial_id not in seen]
-    order = {t.trial_id: i for i, t in enumerate(trials)}
-    return sorted(outcomes, key=lambda o: order[o.trial.trial_id])
+        outcomes.append(Outcome(trial, status, metrics, error, timing.get(name)))
+    return outcomes
 
 
 class _OneLineSyncErrors(logging.Filter):
@@ -302,19 +345,17 @@ def _task_metric(name: str) -> str:
     return get_task_class(name).metric
 
 
-def _config_name(config: dict[str, Any]) -> str:
-    return make_trial_id(*point_of(config))
-
-
 def _record_unfinished(root: str, study: Study, outcomes: Sequence[Outcome]) -> None:
     """Summary rows for trials that could not write their own: failed for good, or interrupted."""
     for o in outcomes:
         if o.status in DONE:
             continue
         m = o.metrics
+        # A tuned study's trial records its point as its own rows do (reports.load tells arms by it).
+        config = o.trial.config.to_dict() | (recorded_point(o.trial.phase, o.trial.grid) if o.trial.phase else {})
         row = dict(o.trial.keys(study.name), status=o.status, error=o.error, metric=_task_metric(o.trial.task),
                    best_valid=_float(m.get("best_valid")), valid_at_last=_float(m.get("valid")),
-                   steps=m.get("step"), config_json=json.dumps(o.trial.config.to_dict(), sort_keys=True),
+                   steps=m.get("step"), config_json=json.dumps(config, sort_keys=True),
                    env_json=json.dumps(environment(), sort_keys=True))
         try:
             write_table(to_table([row], SUMMARY), root, "summary", o.trial.trial_id)
@@ -348,6 +389,8 @@ def summary_text(study: Study, outcomes: Sequence[Outcome], wall: float) -> str:
                      f"{fit_seconds if fit_seconds is not None else float('nan'):7.1f}"
                      + (f"  {o.error}" if o.error else ""))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "diverged", "failed", "interrupted")}
+    if any(o.status == "stopped" for o in outcomes):
+        counts["stopped by ASHA"] = sum(o.status == "stopped" for o in outcomes)
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if overheads:
         lines.append(f"  Tune overhead per trial (trial wall time outside fit): mean {sum(overheads) / len(overheads):.1f}s, "

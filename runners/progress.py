@@ -15,8 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from runners.study import make_trial_id
-from runners.trainable import point_of
+from runners.trainable import point_of, trial_identity
 
 
 def _fmt(value: Any) -> str:
@@ -85,5 +84,7 @@ class Progress(tune.Callback):
 
 
 def trial_name(trial) -> str:
-    """The study's trial id of a Tune trial (from its grid point)."""
-    return make_trial_id(*point_of(trial.config))
+    """The study's trial id of a Tune trial (from its config; a search trial drawn by a Tune searcher is
+    numbered by the order Tune created it, which its experiment tag starts with and a restore keeps)."""
+    index = int(str(trial.experiment_tag).split("_", 1)[0]) - 1 if str(trial.experiment_tag)[:1].isdigit() else None
+    return trial_identity(trial.config, index)[0]

@@ -33,6 +33,11 @@ so every variant sees the same seeds. Layout of a study file:
     [failure]
     max_failures = 2                     # retries from the last checkpoint after a crash
 
+    [search]                             # optional: tune each variant first (runners.search)
+    samples = 8
+    [search.space]
+    "optim.lr" = { loguniform = [1e-4, 1e-2] }
+
 Every trial's config is resolved (and so validated) before any trial starts.
 """
 
@@ -48,13 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.search import Search, check_steps, parse_search, probe_points
 from suite.core import device
 from suite.core.config import RunConfig, build_dataclass, load_toml, merge
 from suite.core.errors import ConfigError
 from tasks.resolve import resolve
 
 KEYS = ("name", "description", "variants", "seeds", "report", "config", "tasks", "grid", "variant_grid",
-        "resources", "early_stopping", "failure")
+        "resources", "early_stopping", "failure", "search")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -91,11 +97,12 @@ class Trial:
     seed: int
     grid: Mapping[str, Any]
     config: RunConfig
+    phase: str | None = None  # "search" | "final" in tuned studies (runners.phases)
 
     def keys(self, study: str) -> dict[str, Any]:
         """The key columns every result row of this trial carries."""
         return {"study": study, "trial_id": self.trial_id, "task": self.task, "variant": self.variant,
-                "seed": self.seed}
+                "seed": self.seed, "phase": self.phase}
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Study:
     description: str = ""
     report: str | None = None
     source: str = "study"
+    search: Search | None = None
 
     def raw_config(self, task: str, variant: str, seed: int, point: Mapping[str, Any]) -> dict[str, Any]:
         """The nested run config of one grid point, before resolution (paper defaults come in `resolve`)."""
@@ -175,13 +183,14 @@ class Study:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (what travels to each Tune trial)."""
-        return {"name": self.name, "description": self.description, "variants": list(self.variants),
+        data = {"name": self.name, "description": self.description, "variants": list(self.variants),
                 "seeds": list(self.seeds), "report": self.report, "config": dict(self.config),
                 "tasks": {k: dict(v) for k, v in self.tasks.items()},
                 "grid": {k: list(v) for k, v in self.grid.items()},
                 "variant_grid": {v: {k: list(x) for k, x in g.items()} for v, g in self.variant_grid.items()},
                 "resources": vars(self.resources).copy(), "early_stopping": vars(self.early_stopping).copy(),
                 "failure": vars(self.failure).copy(), "source": self.source}
+        return data | ({"search": self.search.to_dict()} if self.search else {})
 
     def fingerprint(self) -> str:
         """A hash of everything that defines the study's trials (to refuse resuming a changed study)."""
@@ -189,6 +198,16 @@ class Study:
         data.pop("source")
         data.pop("description")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def search_trial_id(task: str, variant: str, index: int) -> str:
+    """Id of search trial number `index` (from 0) of one (task, variant)."""
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{task}-{variant}-search{index:03d}")
+
+
+def tuned_trial_id(task: str, variant: str, seed: int) -> str:
+    """Id of a final-phase trial: one seed at the variant's best searched configuration."""
+    return make_trial_id(task, variant, seed, {}) + "-tuned"
 
 
 def make_trial_id(task: str, variant: str, seed: int, point: Mapping[str, Any]) -> str:
@@ -255,6 +274,9 @@ def parse_study(raw: Mapping[str, Any], source: str = "study") -> Study:
         if both:
             raise ConfigError(f"{source}: {both[0]!r} is in both [grid] and {where}; keep it in one")
     report = raw.get("report")
+    if "search" in raw and (grid or variant_grid):
+        raise ConfigError(f"{source}: a study has either a [grid] (or [variant_grid]) or a [search], not both; "
+                          f"turn grid axes into `choice` spaces of the search")
     if report is not None and not isinstance(report, str):
         raise ConfigError(f"{source}: `report` must be a file name, e.g. report = \"report.html\"")
     study = Study(
@@ -264,7 +286,9 @@ def parse_study(raw: Mapping[str, Any], source: str = "study") -> Study:
         early_stopping=build_dataclass(EarlyStopping, _table(raw, "early_stopping", source),
                                        f"{source} [early_stopping]"),
         failure=build_dataclass(Failure, _table(raw, "failure", source), f"{source} [failure]"),
-        description=str(raw.get("description", "")), report=report, source=source)
+        description=str(raw.get("description", "")), report=report, source=source,
+        search=(parse_search(_table(raw, "search", source), tuple(raw.get("variants") or ()),
+                             (raw.get("seeds") or [0])[0], source) if "search" in raw else None))
     checks = [
         (study.resources.cpu > 0, "[resources] cpu must be > 0"),
         (study.resources.gpu >= 0, "[resources] gpu must be >= 0"),
@@ -283,7 +307,24 @@ def load_study(path: str | Path) -> Study:
     """Read and validate a study file, including every trial's run config."""
     study = parse_study(load_toml(path), str(path))
     study.trials()
+    if study.search is not None:
+        check_search(study)
     return study
+
+
+def check_search(study: Study) -> None:
+    """Resolve every searched key at its bounds (and every choice) for every task and variant, before any
+    trial starts: unknown keys, wrong types, out-of-range values, and a variant's own options on a variant
+    that lacks them are refused here, naming the key."""
+    assert study.search is not None
+    check_steps(study, study.search)
+    for task in study.tasks:
+        for variant in study.variants:
+            for point in probe_points(study.search, variant):
+                try:
+                    study.resolve_trial(task, variant, study.search.seed, point)
+                except ConfigError as exc:
+                    raise ConfigError(f"[search] of variant {variant} on task {task} at {point}: {exc}") from None
 
 
 def from_dict(data: Mapping[str, Any]) -> Study:

@@ -13,6 +13,7 @@ instead of training again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from runners.study import from_dict
+from runners.study import from_dict, make_trial_id, search_trial_id, tuned_trial_id
 from suite.core.checkpoints import save_models
 from suite.core.errors import SuiteError
 from suite.core.provenance import write_run
@@ -37,8 +38,13 @@ from tasks.base import create
 # points (not task x variant x seed x grid) because a variant may have its own grid ([variant_grid]).
 STUDY, RESULTS, POINT = "study", "results", "point"
 TASK, VARIANT, SEED, GRID = "task", "variant", "seed", "grid"
+# Tuned studies (runners.phases): the phase; a search trial's sample {"index": i, "point": {...}} (the
+# index is absent when a Tune searcher draws the point: the trial's name then carries it); the final
+# phase's best points {task: {variant: point}}.
+PHASE, SAMPLE, TUNED = "phase", "sample", "tuned"
 STATE_FILE = "state.pt"
-DONE = ("finished", "diverged")  # trial statuses that end a trial for good: --resume skips them
+# Trial statuses that end a trial for good: --resume skips them ("stopped": by the ASHA scheduler).
+DONE = ("finished", "diverged", "stopped")
 
 
 def point(task: str, variant: str, seed: int, grid: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,6 +56,34 @@ def point_of(config: Mapping[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
     """(task, variant, seed, grid) of the trial whose Tune config is `config`."""
     p = config[POINT]
     return p[TASK], p[VARIANT], p[SEED], dict(p[GRID])
+
+
+def trial_identity(params: Mapping[str, Any], index: int | None = None) -> tuple[str, int, dict[str, Any]]:
+    """(trial id, training seed, config point) of a trial from its Tune config; `index` is the search
+    sample's number when the config does not carry it (drawn by a Tune searcher)."""
+    task, variant, seed, grid = point_of(params)
+    phase = params.get(PHASE)
+    if phase == "search":
+        sample = params[SAMPLE]
+        index = sample.get("index", index)
+        if index is None:
+            raise ValueError("a search trial without a sample index")
+        return search_trial_id(task, variant, index), seed, dict(sample["point"])
+    if phase == "final":
+        return tuned_trial_id(task, variant, seed), seed, dict(params[TUNED][task][variant])
+    return make_trial_id(task, variant, seed, grid), seed, grid
+
+
+def recorded_point(phase: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a trial's config record keeps its point: under "grid" (search trials and grid studies: it tells
+    arms apart), under "tuned" for final trials (one arm per variant, compared at its own tuned settings)."""
+    return {"tuned" if phase == "final" else "grid": dict(values)}
+
+
+def name_index(name: str) -> int | None:
+    """The sample index in a search trial's name (`...-search007` -> 7), else None."""
+    head, _, digits = name.rpartition("-search")
+    return int(digits) if head and digits.isdigit() else None
 
 
 def study_root(results: str, study: str) -> str:
@@ -114,7 +148,10 @@ def train_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     study = from_dict(params[STUDY])
-    trial = study.resolve_trial(*point_of(params))
+    phase = params.get(PHASE)
+    trial_id, seed, values = trial_identity(params, name_index(tune.get_context().get_trial_name() or ""))
+    task_name, variant, _, _ = point_of(params)
+    trial = dataclasses.replace(study.resolve_trial(task_name, variant, seed, values), trial_id=trial_id, phase=phase)
     config = trial.config
     root = study_root(params[RESULTS], study.name)
     keys = trial.keys(study.name)
@@ -159,7 +196,7 @@ def train_trial(params: dict[str, Any]) -> None:
         result = fit(task, config, on_report=on_report, resume=resume)
         fit_seconds = time.perf_counter() - started
         summary = dict(result.summary)
-        recorded = config.to_dict() | {"task_facts": task.describe(), "grid": dict(trial.grid)}
+        recorded = config.to_dict() | {"task_facts": task.describe()} | recorded_point(phase, trial.grid)
         with _writing(root):
             # Models first: a summary that says "finished" promises its models are there (written_end skips it).
             save_models(root, trial.trial_id, result.models, recorded,

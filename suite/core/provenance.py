@@ -1,4 +1,4 @@
-"""What produced a result: the environment (library versions, machine, native kernels) and the resolved
+"""What produced a result: the environment (library versions, machine, which kernel backends run) and the resolved
 config, written with a run's curve, summary, lengths and inference tables (schemas in `suite.core.results`).
 """
 
@@ -15,8 +15,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from suite.core import perf
-from suite.core.backends.native import build as native_build
+from suite.core import backends, perf
 from suite.core.results import CURVE, INFERENCE, LENGTHS, SUMMARY, to_table, write_table
 
 
@@ -32,8 +31,8 @@ def environment() -> dict[str, Any]:
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
            "torch": torch.__version__, "pyarrow": pa.__version__, "ray": version("ray"),
            "recnorm_suite": version("recnorm-suite"), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "native_kernels": native_build.status()} | perf.thread_state()
+           "torch_threads": torch.get_num_threads(),
+           "cuda": torch.version.cuda} | backends.status() | perf.thread_state()
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

@@ -24,7 +24,11 @@ import pyarrow.parquet as pq
 
 from suite.core.errors import SuiteError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Columns added since an older version: a file of that version may lack them (read as nulls).
+# Version 2 added `phase` to curve, summary and lengths (tuned studies: "search" or "final"; null otherwise).
+ADDED_SINCE: dict[str, tuple[str, ...]] = {"1": ("phase",)}
+PHASES = ("search", "final")
 
 _KEYS = [
     pa.field("study", pa.string()),
@@ -33,6 +37,7 @@ _KEYS = [
     pa.field("variant", pa.string()),
     pa.field("seed", pa.int64()),
 ]
+_PHASE = pa.field("phase", pa.string())  # "search" | "final" in studies with a [search]; null in plain grids
 
 
 def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
@@ -48,10 +53,11 @@ CURVE = _schema([
     pa.field("stats_mode", pa.string()),  # how BN statistics were taken; "none" without BN
     pa.field("train_seconds", pa.float64()),  # training time so far, evaluations excluded
     pa.field("examples", pa.int64()),
+    _PHASE,
 ], "curve")
 
 SUMMARY = _schema([
-    pa.field("status", pa.string()),  # finished | diverged | failed | interrupted
+    pa.field("status", pa.string()),  # finished | diverged | stopped (by ASHA) | failed | interrupted
     pa.field("error", pa.string()),
     pa.field("metric", pa.string()),
     pa.field("mode", pa.string()),
@@ -70,6 +76,7 @@ SUMMARY = _schema([
     pa.field("device", pa.string()),
     pa.field("config_json", pa.string()),
     pa.field("env_json", pa.string()),
+    _PHASE,
 ], "summary")
 
 # Evaluations on sequences of other lengths than the training length (paper Figure 3b).
@@ -80,6 +87,7 @@ LENGTHS = _schema([
     pa.field("metric", pa.string()),
     pa.field("value", pa.float64()),
     pa.field("stats_mode", pa.string()),
+    _PHASE,  # trials write their key columns, phase included, into every per-trial table
 ], "lengths")
 
 # BN variants at the end of a run: every way of taking statistics at inference (suite.core.inference),
@@ -96,6 +104,7 @@ INFERENCE = _schema([
     pa.field("value", pa.float64()),
     pa.field("loss", pa.float64()),
     pa.field("seconds", pa.float64()),  # evaluation time (re-estimation excluded): the cost of measuring
+    _PHASE,
 ], "inference")
 
 # `suite diagnose bn-inference` on one saved BN model (runners/bn_inference.py; not in TABLES: a diagnostic).
@@ -189,13 +198,18 @@ def write_table(table: pa.Table, root: str, name: str, trial_id: str) -> str:
     return final
 
 
-def read_trial_row(root: str, name: str, trial_id: str) -> dict[str, Any] | None:
-    """The first row of `root/name/trial_id.parquet` as a dict, or None where the trial wrote none."""
+def read_trial_rows(root: str, name: str, trial_id: str) -> list[dict[str, Any]]:
+    """The rows of `root/name/trial_id.parquet` as dicts ([] where the trial wrote none)."""
     fs, base = filesystem(root)
     path = f"{base}/{name}/{trial_id}.parquet"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    rows = pq.read_table(path, filesystem=fs, schema=TABLES[name]).to_pylist()
+        return []
+    return pq.read_table(path, filesystem=fs, schema=TABLES[name]).to_pylist()
+
+
+def read_trial_row(root: str, name: str, trial_id: str) -> dict[str, Any] | None:
+    """The first row of `root/name/trial_id.parquet` as a dict, or None where the trial wrote none."""
+    rows = read_trial_rows(root, name, trial_id)
     return rows[0] if rows else None
 
 

@@ -27,8 +27,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """Record torch, CUDA/cuDNN, thread counts and the allocator settings with every benchmark file."""
     import torch
 
-    from suite.core import perf
-    from suite.core.backends.native import build as native_build
+    from suite.core import backends, perf
 
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda
@@ -41,7 +40,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["malloc_tuning"] = perf.malloc_tuning_state()
     machine_info["omp_wait_policy"] = perf.wait_policy()
     machine_info["available_cpus"] = perf.available_cpus()
-    machine_info["native_kernels"] = native_build.status()
+    machine_info.update(backends.status())  # native_kernels, triton_kernels: "available" or why not
     machine_info["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
 

@@ -63,6 +63,23 @@ def assert_float32_like_reference(ref32, fast32, truth, x, **kwargs) -> None:
     assert fast_error <= max(4 * ref_error, 1e-5), (fast_error, ref_error)
 
 
+def test_self_check_passes_on_the_gpu():
+    """The fail-safe's self-check compiles and passes here (else every CUDA layer would take the
+    PyTorch loop), and the run's record says so; the second check is the warm (cached) cost."""
+    import time
+
+    from suite.core.provenance import environment
+
+    device = torch.device(DEVICE, torch.cuda.current_device())
+    started = time.perf_counter()
+    assert loop.self_check(device) is None
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    assert loop.self_check(device) is None
+    print(f"triton self-check: {cold:.2f} s first (compiles), {time.perf_counter() - started:.3f} s again")
+    assert environment()["triton_kernels"] == "available"
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cuda_fast_path_is_triton_and_matches_float64(name):
     """Small stack, bidirectional, 2 layers, lengths: float64 on the kernels is exact to 1e-9

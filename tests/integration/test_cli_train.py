@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.conftest import ROOT
+from suite.core.results import SCHEMA_VERSION
 
 TINY = ["--set", "task.length=6", "--set", "task.train_size=64", "--set", "task.eval_size=32",
         "--set", "model.hidden_size=6", "--set", "train.steps=4", "--set", "train.eval_every=2",
@@ -28,7 +29,7 @@ def test_train_writes_curve_and_summary_tables(tmp_path):
     assert "step 2/4" in done.stdout and "finished: best valid mse" in done.stdout
     curve = ds.dataset(tmp_path / "curve").to_table()
     summary = ds.dataset(tmp_path / "summary").to_table().to_pandas()
-    assert curve.schema.metadata[b"schema_version"] == b"1"
+    assert curve.schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
     assert sorted(set(zip(curve["step"].to_pylist(), curve["split"].to_pylist()))) == [
         (2, "train"), (2, "valid"), (4, "train"), (4, "valid")]
     row = summary.iloc[0]

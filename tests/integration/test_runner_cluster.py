@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from runners.cluster import stop_ray_in
 from suite.core.results import read_table
@@ -77,7 +76,9 @@ def cluster():
 
 def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     address, _, _, env = cluster
-    devices = '["cpu"]' if torch.cuda.is_available() else '["cpu", "cuda"]'  # cuda on a CPU node fails
+    # A cuda trial on CPU-only nodes is now refused before anything starts (issue 14's device check, tested
+    # in tests/unit/test_device.py), so the study asks for the CPU only.
+    devices = '["cpu"]'
     study = tmp_path / "onjob.toml"
     study.write_text(textwrap.dedent(f"""
         name = "onjob"
@@ -115,7 +116,7 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
             break
         time.sleep(2)
     assert (results / "onjob" / "summary").is_dir(), out
-    assert "4 trials on 2 node(s), 2 CPU" in out, out
+    assert "2 trials on 2 node(s), 2 CPU" in out, out
     root = str(results / "onjob")
     summary = read_table(root, "summary").to_pandas().set_index("trial_id")
     assert summary.loc["adding-lstm-s0-device=cpu", "status"] == "finished"
@@ -135,15 +136,7 @@ def test_job_submit_runs_a_study_on_the_cluster(tmp_path, cluster):
     # where each trial ran: every finished trial names a node of this two-node cluster
     nodes = {json.loads(summary.loc[f"adding-{v}-s0-device=cpu", "env_json"])["ray_node_id"] for v in ("lstm", "bn_lstm")}
     assert nodes and all(len(node) == 56 for node in nodes), nodes
-    if torch.cuda.is_available():
-        assert submit.returncode == 0 and "succeeded" in out, out
-    else:  # the cuda trials failed, with their error recorded; the study went on, the job reports failure
-        for variant in ("lstm", "bn_lstm"):
-            assert f"adding-{variant}-s0-device=cuda" in summary.index, out
-            failed = summary.loc[f"adding-{variant}-s0-device=cuda"]
-            assert failed["status"] == "failed" and "CUDA" in failed["error"], failed["error"]
-        assert "2 finished, 0 diverged, 2 failed" in out, out
-        assert submit.returncode == 1 and "failed" in out, out
+    assert submit.returncode == 0 and "succeeded" in out, out
 
 
 @pytest.mark.slow

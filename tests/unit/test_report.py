@@ -269,7 +269,7 @@ def test_million_curve_rows(tmp_path, capsys):
                 "step": np.repeat(steps, 2), "split": pa.array(["train", "valid"] * len(steps)),
                 "metric": pa.array(["accuracy"] * n), "value": np.repeat(valid, 2), "loss": np.zeros(n),
                 "stats_mode": pa.array(["none"] * n), "train_seconds": np.repeat(steps * 0.01, 2),
-                "examples": np.repeat(steps * 100, 2)}
+                "examples": np.repeat(steps * 100, 2), "phase": pa.nulls(n, pa.string())}
         write_table(pa.table(cols, schema=CURVE), str(tmp_path / "big"), "curve", trial)
         summary = {"study": "big", "trial_id": trial, "task": "smnist", "variant": variant, "seed": seed,
                    "status": "finished", "metric": "accuracy", "mode": "max", "best_valid": float(valid.max()),

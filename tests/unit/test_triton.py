@@ -13,6 +13,7 @@ interpreter runs every program in numpy.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from suite.core.backends.slots import BN_BATCH, BN_POPULATION, LAYER, NONE, Slot
 from suite.core.backends.triton import loop  # noqa: E402
 from suite.core.cells.norms import (  # noqa: E402
     BATCH, LayerNorm, batch_norms, reestimate_statistics, statistics_mode)
+from suite.core.provenance import environment  # noqa: E402
 
 VARIANTS = ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"]
 BN = ["bn_vertical", "bn_lstm"]
@@ -245,3 +247,89 @@ def test_unsupported_cases_take_another_path():
     assert loop.tiling((LAYER, BN_BATCH), 64, 1000) is None  # whole rows and whole batch at once
     assert loop.tiling((LAYER, LAYER), 64, 1000).block_h == 1024
     assert loop.tiling((BN_BATCH, BN_BATCH), 100, 100).block_b == 128
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def unchecked(monkeypatch):
+    """The backend as in a new process: no device self-checked yet, no switch set."""
+    monkeypatch.setattr(loop, "_checks", {})
+    monkeypatch.delenv(loop.ENV_SWITCH, raising=False)
+
+
+def triton_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "Triton kernels" in str(w.message)]
+
+
+def test_self_check_passes_on_the_kernels(unchecked):
+    """Identity, batch-norm and layer-norm layers, forward and backward, agree with the reference:
+    no warning, the device is marked usable and the layer runs on the kernels."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert loop.self_check(CPU) is None
+        _, fast = pair("bn_lstm")
+        assert choose(fast.layers[0], data()) is loop.run_layer
+    assert triton_warnings(caught) == []
+    assert loop._checks == {CPU: None}
+
+
+class Broken:
+    """A step kernel whose launch raises (`how="raise"`, as a compile or launch error would) or
+    returns wrong numbers (`"wrong"`: 0.1 added to the h buffer forward, the d gates backward)."""
+
+    OUTPUT = {"step_forward": 5, "step_backward": 9}  # the positional argument it writes
+
+    def __init__(self, name: str, how: str):
+        self.name, self.how, self.kernel = name, how, getattr(kernels, name)
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            if self.how == "raise":
+                raise RuntimeError("PTX assembly failed (simulated)\nsecond line")
+            launch(*args, **kwargs)
+            args[self.OUTPUT[self.name]].add_(0.1)
+
+        return run
+
+
+@pytest.mark.parametrize("name, how, reason", [
+    ("step_forward", "raise", "self-check: RuntimeError: PTX assembly failed (simulated)"),
+    ("step_forward", "wrong", "self-check: identity layer off the reference loop"),
+    ("step_backward", "wrong", "self-check: identity layer off the reference loop"),
+])
+def test_a_broken_kernel_falls_back_with_one_warning(unchecked, monkeypatch, name, how, reason):
+    """The self-check catches it; one warning names the reason; every layer then takes the next
+    backend, which computes the reference's outputs, gradients and statistics; the run's
+    environment records the reason."""
+    monkeypatch.setattr(kernels, name, Broken(name, how))
+    ref, fast = pair("bn_lstm", num_layers=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert choose(fast.layers[0], data()) is not loop.run_layer
+        assert_same(ref, fast, data())
+        assert_same(ref, fast, data(), lengths=torch.tensor([T, 2, 4]))
+    messages = triton_warnings(caught)
+    assert len(messages) == 1 and reason in messages[0] and "PyTorch loop instead" in messages[0], messages
+    assert "\n" not in messages[0]
+    assert environment()["triton_kernels"].startswith(reason)
+
+
+def test_switch_turns_the_backend_off(unchecked, monkeypatch):
+    """RECNORM_TRITON=0: no self-check, no warning, the next backend, and the run's record says so."""
+    monkeypatch.setenv("RECNORM_TRITON", "0")
+    ref, fast = pair("ln_lstm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert choose(fast.layers[0], data()) is not loop.run_layer
+        assert_same(ref, fast, data())
+    assert triton_warnings(caught) == [] and loop._checks == {}
+    assert environment()["triton_kernels"] == "not used: switched off by RECNORM_TRITON=0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the record of a machine without CUDA")
+def test_record_without_cuda(unchecked):
+    assert environment()["triton_kernels"] == "not used: no CUDA"

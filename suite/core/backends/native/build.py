@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from suite.core.backends import switched_off
+
 SOURCE = Path(__file__).with_name("norm_lstm.cpp")
 ENV_SWITCH = "RECNORM_NATIVE"
 ENV_CACHE = "RECNORM_NATIVE_CACHE"
@@ -32,7 +34,7 @@ _tried = False
 
 def enabled() -> bool:
     """False when RECNORM_NATIVE is 0/false/no/off."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV_SWITCH)
 
 
 def _flags() -> list[str]:

@@ -64,6 +64,12 @@ def _norm_struct(slot: Slot) -> _NormStruct:
 
 
 TAKES_MASK = True  # run_layer takes a (T, B) padding mask
+STATUS_FIELD = "native_kernels"  # where a run's environment records `status()`
+
+
+def status() -> str:
+    """"available" (the CPU fast paths of this process run on the kernels) or why not."""
+    return build.status()
 
 
 def supports(layer: nn.Module, x: torch.Tensor) -> bool:

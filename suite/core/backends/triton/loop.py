@@ -17,6 +17,12 @@ Batch statistics go to `StepBatchNorm.record` through `slots.record_statistics`,
 the native kernels, so train, batch, population and accumulate (re-estimation) modes and
 steps beyond T_max follow the reference's rules.
 
+Fail-safe: before a device's first layer, `works_on` runs a tiny self-check (each norm kind,
+forward and backward, against the reference loop). Where the kernels fail to compile, launch
+or agree there, or with RECNORM_TRITON=0, `supports` says no and `suite.core.backends.choose`
+takes the next backend (the PyTorch loop on CUDA), with one warning; `status()` goes into every
+run's environment (`env_json.triton_kernels`).
+
 Not handled here (the caller then uses another path; all rare): tiles over `MAX_TILE`
 values, which happens for batch statistics of over 8192 examples, layer norm over 8192 units,
 or batch statistics and layer norm in one layer (no built-in variant mixes them) when the
@@ -27,17 +33,22 @@ padded B x H exceeds 8192; dtypes other than float32/float64; CUDA autocast; ten
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import nn
 
+from suite.core.backends import reference, switched_off
 from suite.core.backends.pytorch import input_term
 from suite.core.backends.slots import BN_BATCH, LAYER, NONE, Slot, make_slot, record_statistics, slot_kind
-from suite.core.cell import LSTMLayer
+from suite.core.cell import LSTMLayer, LSTMOptions
+from suite.core.cells.norms import LayerNorm, StepBatchNorm
 
 TAKES_MASK = True  # run_layer takes a (T, B) padding mask
+STATUS_FIELD = "triton_kernels"  # where a run's environment records `status()`
+ENV_SWITCH = "RECNORM_TRITON"  # 0/false/no/off: never use the kernels
 # Device types the backend runs on. Tests add "cpu" while running the kernels under Triton's
 # interpreter; nothing else should.
 DEVICES = ("cuda",)
@@ -48,10 +59,24 @@ MAX_TILE = 1 << 13
 TILE = 1 << 10
 
 
+# The self-check's tolerance: largest difference from the float32 reference loop relative to
+# the largest value, per output and gradient. Sound kernels differ by ~1e-6 (rounding, batch
+# statistics of 4 examples); broken ones by O(1).
+CHECK_TOLERANCE = 1e-3
+# Device -> None (the kernels passed the self-check there) or why they did not; one check per
+# device and process.
+_checks: dict[torch.device, str | None] = {}
+
+
 @cache
 def available() -> bool:
     """True when triton can be imported (it ships with CUDA builds of torch)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def enabled() -> bool:
+    """False when RECNORM_TRITON is 0/false/no/off."""
+    return not switched_off(ENV_SWITCH)
 
 
 def _kernels():
@@ -98,8 +123,9 @@ def tiling(kinds: tuple[int, int], batch: int, hidden: int) -> Tiling | None:
 
 
 def supports(layer: nn.Module, x: torch.Tensor) -> bool:
-    """True when `run_layer` computes this layer on input x."""
-    if not isinstance(layer, LSTMLayer) or x.device.type not in DEVICES or not available():
+    """True when `run_layer` computes this layer on input x (and the kernels passed their
+    self-check on x's device: see `works_on`)."""
+    if not isinstance(layer, LSTMLayer) or x.device.type not in DEVICES or not available() or not enabled():
         return False
     if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
         return False
@@ -110,7 +136,90 @@ def supports(layer: nn.Module, x: torch.Tensor) -> bool:
     hidden = layer.hidden_size
     if None in kinds or (steps + 1) * batch * 4 * hidden >= 2 ** 31:  # kernels index with int32
         return False
-    return tiling(kinds, batch, hidden) is not None
+    return tiling(kinds, batch, hidden) is not None and works_on(x.device)
+
+
+def works_on(device: torch.device) -> bool:
+    """True when the kernels passed `self_check` on this device; checked once per device and
+    process. A failure warns once, and the device's layers then take the next backend."""
+    if device not in _checks:
+        _checks[device] = self_check(device)
+        if _checks[device] is not None:
+            warnings.warn(f"Triton kernels unusable on {device} ({_checks[device]}); impl='fast' runs the PyTorch "
+                          f"loop instead ({ENV_SWITCH}=0 skips them)", stacklevel=4)
+    return _checks[device] is None
+
+
+def status() -> str:
+    """For the record of a run: "available" (this process's CUDA layers run on the kernels) or why not."""
+    if not enabled():
+        return f"not used: switched off by {ENV_SWITCH}=0"
+    if not available():
+        return "not used: triton is not installed"
+    failed = [reason for reason in _checks.values() if reason is not None]
+    if failed:
+        return failed[0]
+    if not torch.cuda.is_available():
+        return "not used: no CUDA"
+    device = torch.device("cuda", torch.cuda.current_device())
+    return "available" if works_on(device) else str(_checks[device])
+
+
+def self_check(device: torch.device) -> str | None:
+    """Why the kernels cannot be used on `device`, or None when they can.
+
+    A tiny float32 layer (T=3, B=4, H=8) per norm kind the kernels take in training
+    (identity, batch statistics, layer norm with padding) runs forward and backward on
+    `run_layer` and on the reference loop; every output and gradient must agree within
+    CHECK_TOLERANCE. Any exception (a compile or launch error) is a failure too. The global
+    random state is left as it was, so `impl="fast"` still draws what `"reference"` does."""
+    try:
+        with (torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(device.type, enabled=False)):
+            for kind, masked in ((NONE, False), (BN_BATCH, False), (LAYER, True)):
+                error = _check_error(kind, masked, device)
+                if not error <= CHECK_TOLERANCE:  # NaN fails too
+                    return f"self-check: {_KIND_NAMES[kind]} layer off the reference loop by {error:.2g} (relative)"
+    except Exception as error:  # noqa: BLE001 -- anything the kernels raise means: do not use them
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"self-check: {type(error).__name__}: {first_line}"[:300]
+    return None
+
+
+_KIND_NAMES = {NONE: "identity", BN_BATCH: "batch-norm", LAYER: "layer-norm"}
+
+
+def _check_error(kind: int, masked: bool, device: torch.device) -> float:
+    """Largest relative difference between the kernels and the reference loop over the outputs,
+    final state and the gradients of input, initial state and parameters, for one tiny layer."""
+    steps, batch, features, hidden = 3, 4, 2, 8
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    norms = {NONE: lambda size: None,
+             BN_BATCH: lambda size: StepBatchNorm(size, steps, 0.1, 1e-5, 0.1, bias=True),
+             LAYER: lambda size: LayerNorm(size, 1.0, 1e-5, bias=True)}[kind]
+    layer = LSTMLayer(features, hidden, LSTMOptions(), norm_h=norms(4 * hidden), norm_c=norms(hidden)).to(device)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.5 * randn(*p.shape))
+    twin = LSTMLayer(features, hidden, LSTMOptions(), norm_h=norms(4 * hidden), norm_c=norms(hidden)).to(device)
+    twin.load_state_dict(layer.state_dict())
+    x, h0, c0 = randn(steps, batch, features), randn(batch, hidden), randn(batch, hidden)
+    mask = (torch.arange(steps).unsqueeze(1) < torch.tensor([steps, 2, steps, 1])).to(device) if masked else None
+    weights = [randn(steps, batch, hidden), randn(batch, hidden), randn(batch, hidden)]
+
+    def outcome(model, run):
+        inputs = [v.clone().requires_grad_() for v in (x, h0, c0)]
+        out, (h, c) = run(model, *inputs, 0, mask)
+        loss = sum((w * v).sum() for w, v in zip(weights, (out, h, c)))
+        params = [p for p in model.parameters() if p is not model.init_state]
+        return [out.detach(), h.detach(), c.detach(), *torch.autograd.grad(loss, inputs + params)]
+
+    got, want = outcome(layer, run_layer), outcome(twin, reference.run_layer)
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) for a, b in zip(got, want))
 
 
 def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, time_offset: int,
