@@ -201,9 +201,8 @@ def _fit(study: Study, trials: Sequence[Trial], results: str, root: str, resume:
     from ray import tune
 
     tune_dir = f"{root}/{TUNE_DIR}"
-    if resume:
-        tuner = restore_tuner(study, tune_dir)
-    else:
+    tuner = restore_tuner(study, tune_dir) if resume else None
+    if tuner is None:
         param_space = {
             STUDY: study.to_dict(), RESULTS: results,
             # Grid axes, never sampled: every variant sees every seed (and every point of its grid).
@@ -226,10 +225,16 @@ def _trainable(study: Study):
 
 def restore_tuner(study: Study, experiment: str):
     """The Tuner of an interrupted experiment: finished trials are skipped, the rest resume from their
-    checkpoints (trials that failed by themselves too: `reopen_failed`)."""
+    checkpoints (trials that failed by themselves too: `reopen_failed`). None when Tune's saved state
+    is damaged: the caller starts a fresh Tuner, in which trials whose tables say they ended report
+    those (trainable.written_end) and the others start again from their first step."""
     from ray import tune
 
-    reopen_failed(experiment)
+    if reopen_failed(experiment) is None:
+        # Tune saves its state to the results' disk; a full one cuts it short and Tune cannot restore it.
+        print(f"note: Tune's saved state in {experiment} is damaged (was the disk full?); trials that ended "
+              f"keep their tables, unfinished ones start again from their first step", file=sys.stderr)
+        return None
     return tune.Tuner.restore(experiment, _trainable(study), resume_unfinished=True, resume_errored=True)
 
 
@@ -305,19 +310,23 @@ class _OneLineSyncErrors(logging.Filter):
         return first
 
 
-def reopen_failed(tune_dir: str) -> list[str]:
+def reopen_failed(tune_dir: str) -> list[str] | None:
     """Mark trials that ended themselves `failed` (runners.trainable: a write failed, a bad setting) as
     errored in Tune's saved experiment state, so that `--resume` resumes them from their last checkpoint
     as it does trials whose worker crashed. Tune counts a trial that returned as terminated for good.
-    Returns the trial ids reopened."""
+    Returns the trial ids reopened; None when the state is unreadable (then moved aside to *.damaged)."""
     fs, path = filesystem(tune_dir)
     states = [info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
               if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")]
     if not states:
         return []
     latest = max(states)  # named experiment_state-<timestamp>.json
-    with fs.open_input_stream(latest) as fh:
-        state = json.loads(fh.read().decode())
+    try:
+        with fs.open_input_stream(latest) as fh:
+            state = json.loads(fh.read().decode())
+    except ValueError:  # truncated JSON
+        fs.move(latest, f"{latest}.damaged")
+        return None
     reopened = []
     for pair in state.get("trial_data", []):
         trial, meta = json.loads(pair[0]), json.loads(pair[1])

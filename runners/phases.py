@@ -89,7 +89,7 @@ def _fit_experiment(study: Study, root: str, name: str, resume: bool, phase: str
     from ray import tune
 
     path = f"{root}/{TUNE_DIR}/{name}"
-    tuner = restore_tuner(study, path) if resume and tune.Tuner.can_restore(path) else fresh()
+    tuner = (restore_tuner(study, path) if resume and tune.Tuner.can_restore(path) else None) or fresh()
     outcomes = outcomes_of(tuner, lambda n, config: _study_trial(study, n, config, phase), root)
     for o in outcomes:  # the experiment is over: no stopped trial can write again
         if o.status == "stopped" and isinstance(o.metrics.get("step"), int):

@@ -8,8 +8,8 @@ other's time slices spinning, and every barrier then waits a whole slice for a d
 thread (issue 14: 70x slower training for two `suite train` at once on 2 cores).
 `set_thread_env()` sets `OMP_WAIT_POLICY=PASSIVE` (and Intel OpenMP's `KMP_BLOCKTIME=0`) in the
 environment; the runtime reads it once, when torch is imported, so `suite/__init__.py` calls
-it before anything imports torch, and Ray workers get it through `thread_env()`. A value the
-user set wins. `configure_threads()` caps torch's intra-op threads at `available_cpus()`
+it before anything imports torch, and Ray workers inherit it. A value the user set wins;
+`RECNORM_THREAD_TUNING=0` leaves OpenMP's default (to compare, or on a machine of one's own). `configure_threads()` caps torch's intra-op threads at `available_cpus()`
 (the affinity mask and a cgroup CPU quota, not the machine's core count).
 `tune_process()` applies threads and malloc settings; `fit`, `suite bench` and the benchmarks
 call it, so `suite train` and every Ray Tune trial run alike.
@@ -109,8 +109,18 @@ THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 _policy_at_torch_import: str | None = None
 
 
+THREAD_SWITCH = "RECNORM_THREAD_TUNING"
+
+
+def thread_tuning_enabled() -> bool:
+    """False when RECNORM_THREAD_TUNING is 0/false/no/off (OpenMP keeps its spinning default)."""
+    return os.environ.get(THREAD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def thread_env() -> dict[str, str]:
     """The OpenMP settings for a child process (or Ray worker); the user's own values win."""
+    if not thread_tuning_enabled():
+        return {THREAD_SWITCH: "0"}
     return {key: os.environ.get(key, value) for key, value in THREAD_ENV.items()}
 
 
@@ -119,9 +129,10 @@ def set_thread_env() -> None:
     global _policy_at_torch_import
     already = "torch" in sys.modules
     policy_before = os.environ.get("OMP_WAIT_POLICY")
-    for key, value in THREAD_ENV.items():
-        os.environ.setdefault(key, value)
-    _policy_at_torch_import = policy_before if already else os.environ["OMP_WAIT_POLICY"]
+    if thread_tuning_enabled():
+        for key, value in THREAD_ENV.items():
+            os.environ.setdefault(key, value)
+    _policy_at_torch_import = policy_before if already else os.environ.get("OMP_WAIT_POLICY")
 
 
 def wait_policy() -> str:

@@ -273,9 +273,11 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def test_full_disk_fails_the_trial_once_and_resume_finishes(small_disk, ray_tmp):
+@pytest.mark.parametrize("state", ["saved", "truncated"])
+def test_full_disk_fails_the_trial_once_and_resume_finishes(small_disk, ray_tmp, state):
     """Issue 14: a write that hits a full disk ends that trial `failed` with the reason, not retried; the
-    driver ends with its summary; every Parquet file stays readable; --resume with space again finishes."""
+    driver ends with its summary; every Parquet file stays readable; --resume with space again finishes,
+    also when the full disk cut Tune's own saved state short (it happens: Tune saves to the same disk)."""
     path = small_disk.parent / "full.toml"
     path.write_text(study_text("full", steps=600, eval_every=20, max_failures=2)
                     + '\n[grid]\n"train.steps" = [20, 600]\n')
@@ -300,9 +302,14 @@ def test_full_disk_fails_the_trial_once_and_resume_finishes(small_disk, ray_tmp)
     steps_before = curve_steps(root, slow)
     assert steps_before and steps_before[-1] < 600, "the slow trial ended before the disk filled; make it longer"
     filler.unlink()
+    if state == "truncated":
+        saved = max((root / "tune").glob("experiment_state*.json"))
+        saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
     code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
                              TUNE_GLOBAL_CHECKPOINT_S="1"), timeout=400)
     assert code == 0, out
+    if state == "truncated":  # with "saved", the full disk may have cut it short too: either way is fine
+        assert "is damaged" in out, out
     assert statuses(root) == {fast: "finished", slow: "finished"}
     assert curve_steps(root, slow) == list(range(20, 601, 20))
     curve = read_table(str(root), "curve").to_pandas()

@@ -194,3 +194,13 @@ def test_available_cpus_follows_the_affinity_mask():
            "from suite.core import perf; print(perf.available_cpus())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.split()[-1] == "1"
+
+
+def test_thread_tuning_can_be_switched_off():
+    code = "import os, suite, torch; from suite.core import perf; print(os.environ.get('OMP_WAIT_POLICY'), perf.wait_policy())"
+    env = {k: v for k, v in os.environ.items() if k not in perf.THREAD_ENV}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env=env | {perf.THREAD_SWITCH: "0"})
+    assert on.stdout.split() == ["PASSIVE", "PASSIVE"]
+    assert off.stdout.strip() == "None default (spinning)"

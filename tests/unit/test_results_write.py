@@ -26,3 +26,13 @@ def test_a_failed_write_leaves_the_old_table_and_no_temporary_file(tmp_path, mon
         write_table(to_table([ROW, dict(ROW, step=2)], CURVE), str(tmp_path), "curve", "t")
     assert [p.name for p in (tmp_path / "curve").iterdir()] == ["t.parquet"]
     assert read_table(str(tmp_path), "curve")["step"].to_pylist() == [1]
+
+
+def test_a_truncated_tune_state_is_moved_aside(tmp_path):
+    """A full disk can cut Tune's experiment state short; --resume then starts a fresh Tuner (runners.local)."""
+    from runners.local import reopen_failed
+
+    (tmp_path / "experiment_state-2026-12-02_01-00-00.json").write_text('{"trial_data": [["{\\"status\\": \\"TERM')
+    assert reopen_failed(str(tmp_path)) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["experiment_state-2026-12-02_01-00-00.json.damaged"]
+    assert reopen_failed(str(tmp_path / "missing")) == []
