@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from runners.shapes import DIRECTIONS, SHAPES, Shape
-from suite.core import variants
+from suite.core import perf, variants
 from suite.core.backends import choose
 from suite.core.recurrent import LoopRecurrent
 from suite.core.errors import ConfigError
@@ -180,6 +180,7 @@ def time_rounds(run: Callable[[], None], rounds: int, warmup: int = 1) -> list[f
         run()
     out = []
     for _ in range(rounds):
+        perf.share_cores()
         tick = time.perf_counter()
         run()
         out.append(time.perf_counter() - tick)
@@ -192,6 +193,7 @@ def time_interleaved(runs: list[Callable[[], None]], rounds: int) -> list[list[f
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds):
         for run, out in zip(runs, times):
+            perf.share_cores()
             tick = time.perf_counter()
             run()
             out.append(time.perf_counter() - tick)

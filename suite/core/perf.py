@@ -1,18 +1,23 @@
-"""Process-level performance settings: OpenMP threads that sleep instead of spinning, a thread
-count that fits the CPUs this process may use, and glibc malloc tuning.
+"""Process-level performance settings: a thread count that fits the CPUs this process may use
+and that other processes leave free, and glibc malloc tuning.
 
-Threads. torch's CPU build and the native kernels share one OpenMP runtime (torch's libgomp).
-By default its idle workers spin for milliseconds after every parallel region; a recurrent
-time loop enters several regions per step, so two processes on the same cores burn each
-other's time slices spinning, and every barrier then waits a whole slice for a descheduled
-thread (issue 14: 70x slower training for two `suite train` at once on 2 cores).
-`set_thread_env()` sets `OMP_WAIT_POLICY=PASSIVE` (and Intel OpenMP's `KMP_BLOCKTIME=0`) in the
-environment; the runtime reads it once, when torch is imported, so `suite/__init__.py` calls
-it before anything imports torch, and Ray workers inherit it. A value the user set wins;
-`RECNORM_THREAD_TUNING=0` leaves OpenMP's default (to compare, or on a machine of one's own). `configure_threads()` caps torch's intra-op threads at `available_cpus()`
-(the affinity mask and a cgroup CPU quota, not the machine's core count).
+Threads. torch's CPU build and the native kernels share one OpenMP runtime (torch's libgomp),
+whose idle workers spin for a while after every parallel region; a recurrent time loop enters
+several regions per step. Two processes with two threads each on 2 cores therefore burn each
+other's time slices spinning, and every barrier waits a whole slice for a descheduled thread
+(issue 14: 70x slower training for two `suite train` at once on 2 cores). Making the workers
+sleep instead (`OMP_WAIT_POLICY=PASSIVE`) cured that but made one process alone 1.5-3x slower
+on this VM (waking a sleeping vCPU costs tens of microseconds, thousands of times per batch),
+so the suite keeps OpenMP's default and changes the thread count instead:
+`configure_threads()` caps torch's intra-op threads at `available_cpus()` (the affinity mask
+and a cgroup CPU quota, not the machine's core count), and `ThreadGovernor` (through
+`share_cores()`, called once per training step and benchmark round) re-reads, at most every
+half second, how much of those CPUs other processes used (`/proc/stat` minus this process's own CPU
+time) and runs on the CPUs left free, at least one. A single thread enters no parallel region,
+so nothing spins; when the other process ends, the threads come back.
 `tune_process()` applies threads and malloc settings; `fit`, `suite bench` and the benchmarks
-call it, so `suite train` and every Ray Tune trial run alike.
+call it, so `suite train` and every Ray Tune trial run alike. `RECNORM_THREAD_TUNING=0` keeps the
+thread count fixed (to compare, or on a machine of one's own).
 
 Malloc.
 
@@ -33,7 +38,7 @@ import ctypes
 import ctypes.util
 import math
 import os
-import sys
+import time
 from pathlib import Path
 
 ENV_VAR = "RECNORM_MALLOC_TUNING"
@@ -103,41 +108,23 @@ def malloc_tuning_state() -> str:
     return "disabled" if not malloc_tuning_enabled() else "default"
 
 
-# Idle OpenMP workers sleep at once instead of spinning (libgomp; Intel OpenMP reads KMP_BLOCKTIME).
-THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-# Whether the wait policy above was in the environment when torch (and so OpenMP) was loaded.
-_policy_at_torch_import: str | None = None
-
-
 THREAD_SWITCH = "RECNORM_THREAD_TUNING"
+# How often the governor looks at the machine: /proc/stat moves in 10 ms ticks, so half a
+# second gives a steady reading (50 ticks a CPU) at a cost (~0.1 ms) nobody sees, and a new
+# competitor collapses at most that long.
+CHECK_SECONDS = 0.5
+PROC_STAT = Path("/proc/stat")
 
 
 def thread_tuning_enabled() -> bool:
-    """False when RECNORM_THREAD_TUNING is 0/false/no/off (OpenMP keeps its spinning default)."""
+    """False when RECNORM_THREAD_TUNING is 0/false/no/off (the thread count then stays fixed)."""
     return os.environ.get(THREAD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def thread_env() -> dict[str, str]:
-    """The OpenMP settings for a child process (or Ray worker); the user's own values win."""
-    if not thread_tuning_enabled():
-        return {THREAD_SWITCH: "0"}
-    return {key: os.environ.get(key, value) for key, value in THREAD_ENV.items()}
-
-
-def set_thread_env() -> None:
-    """Put `thread_env()` into os.environ; in force only if torch is not imported yet (module doc)."""
-    global _policy_at_torch_import
-    already = "torch" in sys.modules
-    policy_before = os.environ.get("OMP_WAIT_POLICY")
-    if thread_tuning_enabled():
-        for key, value in THREAD_ENV.items():
-            os.environ.setdefault(key, value)
-    _policy_at_torch_import = policy_before if already else os.environ.get("OMP_WAIT_POLICY")
-
-
 def wait_policy() -> str:
-    """OpenMP's wait policy as torch loaded it: PASSIVE, ACTIVE, or 'default (spinning)' when unset then."""
-    return _policy_at_torch_import.upper() if _policy_at_torch_import else "default (spinning)"
+    """OpenMP's wait policy as set in the environment: PASSIVE, ACTIVE, or 'default (spinning)'."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return policy.upper() if policy else "default (spinning)"
 
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -179,9 +166,95 @@ def configure_threads(threads: int | None = None) -> int:
     return chosen
 
 
+def busy_seconds(cpus: set[int], stat: Path = PROC_STAT) -> float | None:
+    """CPU seconds spent working (user, nice, system, irq, softirq) since boot on the given CPUs,
+    by every process; None where /proc/stat is missing or lacks one of them."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    ticks = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+            ticks[int(name[3:])] = user + nice + system + irq + softirq
+    if not cpus <= ticks.keys():
+        return None
+    return sum(ticks[cpu] for cpu in cpus) / os.sysconf("SC_CLK_TCK")
+
+
+def fitting_threads(cap: int, others: float) -> int:
+    """Threads for `cap` CPUs of which other processes keep `others` busy: the free ones, rounded
+    to the nearest, at least one."""
+    return max(1, min(cap, math.floor(cap - others + 0.5)))
+
+
+class ThreadGovernor:
+    """Keeps torch's intra-op thread count at the CPUs that other processes leave free (module doc)."""
+
+    def __init__(self, cap: int, cpus: set[int], interval: float = CHECK_SECONDS):
+        self.cap, self.cpus, self.interval = cap, cpus, interval
+        self._last: tuple[float, float, float] | None = None
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        busy = busy_seconds(self.cpus)
+        return None if busy is None else (time.monotonic(), busy, time.process_time())
+
+    def step(self) -> int:
+        """Re-fit the thread count when `interval` has passed since the last look; returns it."""
+        import torch
+
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.interval:
+            return torch.get_num_threads()
+        sample = self._sample()
+        if sample is None:
+            return torch.get_num_threads()
+        if self._last is not None:
+            wall, busy, own = (a - b for a, b in zip(sample, self._last))
+            others = max(0.0, busy - own) / wall
+            threads = fitting_threads(self.cap, others)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+        self._last = sample
+        return torch.get_num_threads()
+
+
+_governor: ThreadGovernor | None = None
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def start_sharing(cap: int) -> ThreadGovernor | None:
+    """Let `share_cores()` fit this process's threads to the free CPUs, up to `cap`. Nothing when
+    switched off, with one CPU, or where the CPUs' use cannot be read (no /proc/stat, or a cgroup
+    quota below the affinity mask, where /proc/stat does not show what the quota leaves)."""
+    global _governor
+    cpus = _affinity()
+    _governor = None
+    if thread_tuning_enabled() and cap > 1 and len(cpus) == available_cpus() and busy_seconds(cpus) is not None:
+        _governor = ThreadGovernor(cap, cpus)
+        _governor.step()
+    return _governor
+
+
+def share_cores() -> None:
+    """Once per training step or benchmark batch: re-fit the thread count (cheap between looks)."""
+    if _governor is not None:
+        _governor.step()
+
+
 def tune_process(threads: int | None = None) -> None:
-    """Every process-level setting of a training or benchmark process: threads, then malloc."""
-    configure_threads(threads)
+    """Every process-level setting of a training or benchmark process: threads (fitted to the free
+    CPUs unless `threads` is given: an explicit count is the user's choice), then malloc."""
+    chosen = configure_threads(threads)
+    start_sharing(chosen if threads is None else 1)
     apply_malloc_tuning()
 
 

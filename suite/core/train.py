@@ -165,6 +165,7 @@ def fit(task, config: RunConfig, on_report: Callable[[Evaluation], bool | None] 
 
     while s.step < train.steps:
         s.epoch, s.batch_index, batch = next(stream)
+        perf.share_cores()
         tick = time.perf_counter()
         loss, logits, grad_norm = train_step(model, task, batch, optimizer, config.optim.clip)
         s.train_seconds += time.perf_counter() - tick

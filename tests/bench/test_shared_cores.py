@@ -3,8 +3,9 @@
 Every variant (its default implementation), training (fwd+bwd) and evaluation (fwd) batches,
 at the smnist and ptb256 shapes. Each case runs one child process alone, then two children
 at once; the children wait for each other after their warm-up batch, so their timed rounds
-overlap. The children import the suite first, like every entry point, so they get its
-OpenMP settings (suite.core.perf) and torch's default thread count capped at the CPUs available.
+overlap. The children set up threads as `fit` and `suite bench` do (`perf.tune_process`):
+torch's thread count capped at the CPUs available and fitted, between rounds, to the CPUs the
+twin leaves free (`perf.share_cores`).
 
 The benchmark's own time is the wall time of the pair; the figures to read are in
 extra_info: alone_s and pair_s (median batch seconds), slowdown = the slower twin's median
@@ -28,19 +29,25 @@ SHAPES = ("smnist", "ptb256")
 DIRECTIONS = ("fwd+bwd", "fwd")
 VARIANTS = ("cudnn_lstm", "lstm", "bn_vertical", "bn_lstm", "ln_lstm", "wn_lstm")
 ROUNDS = int(os.environ.get("RECNORM_BENCH_PAIR_ROUNDS", "3"))
+# Untimed seconds of running together before the timed rounds: the thread governor looks once
+# every perf.CHECK_SECONDS, so the first look after the twin starts comes within that; the
+# goal is about the steady state of runs that last minutes, not that first moment.
+SETTLE_S = float(os.environ.get("RECNORM_BENCH_SETTLE_S", "2"))
 
 CHILD = textwrap.dedent("""
     import json, os, sys, time
-    import suite  # noqa: F401 -- the suite's OpenMP settings, before torch (suite.core.perf)
     from suite.core import perf
     from runners import throughput as tp
-    variant, shape, direction, rounds, ready, twins = sys.argv[1:7]
+    variant, shape, direction, rounds, ready, twins, settle_s = sys.argv[1:8]
     perf.tune_process(int(os.environ["RECNORM_BENCH_THREADS"]) if os.environ.get("RECNORM_BENCH_THREADS") else None)
     run = tp.workload(tp.Entry(variant), tp.SHAPES[shape], direction)
     tp.time_rounds(run, 0, warmup=1)
     open(f"{ready}/{os.getpid()}", "w").close()
     while len(os.listdir(ready)) < int(twins):  # start the timed rounds together
         time.sleep(0.005)
+    settle = time.perf_counter() + float(settle_s)
+    while time.perf_counter() < settle:  # both twins running: thread counts settle (perf.share_cores)
+        tp.time_rounds(run, 1, warmup=0)
     cpu = time.process_time()
     times = tp.time_rounds(run, int(rounds), warmup=0)
     print(json.dumps({"median": tp.median(times), "cpu_per_round": (time.process_time() - cpu) / len(times),
@@ -51,7 +58,8 @@ CHILD = textwrap.dedent("""
 def run_together(variant: str, shape: str, direction: str, twins: int, ready: str) -> list[dict]:
     """`twins` identical child processes started at once; each one's median batch seconds and thread state."""
     os.makedirs(ready)
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, variant, shape, direction, str(ROUNDS), ready, str(twins)],
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, variant, shape, direction, str(ROUNDS), ready, str(twins),
+                               str(SETTLE_S)],
                               stdout=subprocess.PIPE, text=True) for _ in range(twins)]
     outs = [proc.communicate(timeout=1800)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), "a benchmark child failed"
