@@ -11,7 +11,7 @@ The benchmark's own time is the wall time of the pair; the figures to read are i
 extra_info: alone_s and pair_s (median batch seconds), slowdown = the slower twin's median
 over the median alone, goal 2.5. Not an assertion: timings on a shared machine are noise.
 Run: `pytest tests/bench/test_shared_cores.py --benchmark-only [-k smnist-fwd+bwd-bn_lstm]`;
-with RECNORM_THREAD_TUNING=0 the children keep OpenMP's spinning default, for comparison.
+with RECNORM_THREAD_TUNING=0 the children keep their thread count fixed, for comparison.
 """
 
 from __future__ import annotations
