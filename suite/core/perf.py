@@ -52,9 +52,15 @@ TUNABLES = {"glibc.malloc.mmap_max": "0", "glibc.malloc.trim_threshold": str(TRI
 _state = "default"
 
 
+def switched_off(variable: str) -> bool:
+    """True when an environment switch of the suite (RECNORM_MALLOC_TUNING, RECNORM_THREAD_TUNING,
+    RECNORM_NATIVE, RECNORM_TRITON) is 0/false/no/off; unset means on."""
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def malloc_tuning_enabled() -> bool:
     """False when RECNORM_MALLOC_TUNING is 0/false/no/off."""
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV_VAR)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -118,7 +124,7 @@ PROC_STAT = Path("/proc/stat")
 
 def thread_tuning_enabled() -> bool:
     """False when RECNORM_THREAD_TUNING is 0/false/no/off (the thread count then stays fixed)."""
-    return os.environ.get(THREAD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(THREAD_SWITCH)
 
 
 def wait_policy() -> str:

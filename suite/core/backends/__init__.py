@@ -17,7 +17,6 @@ backend, write such a module and add one entry. The fused stack of `wn_lstm`
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from types import ModuleType
 
@@ -35,12 +34,6 @@ Runner = Callable[..., tuple]
 def modules() -> list[ModuleType]:
     """The backend modules of BACKENDS, in order (imported on first use: some need a compiler or a GPU)."""
     return [importlib.import_module(name) for name in BACKENDS]
-
-
-def switched_off(variable: str) -> bool:
-    """True when the environment variable that switches a kernel backend off (e.g. RECNORM_NATIVE,
-    RECNORM_TRITON) is 0/false/no/off."""
-    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def status() -> dict[str, str]:

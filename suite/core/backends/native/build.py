@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from suite.core.backends import switched_off
+from suite.core.perf import switched_off
 
 SOURCE = Path(__file__).with_name("norm_lstm.cpp")
 ENV_SWITCH = "RECNORM_NATIVE"

@@ -40,7 +40,8 @@ from functools import cache
 import torch
 from torch import nn
 
-from suite.core.backends import reference, switched_off
+from suite.core.backends import reference
+from suite.core.perf import switched_off
 from suite.core.backends.pytorch import input_term
 from suite.core.backends.slots import (BN_BATCH, LAYER, NONE, Slot, affine_parameters, make_slot, record_statistics,
                                        slot_kind)
