@@ -150,12 +150,17 @@ def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
+def affinity() -> set[int]:
+    """The CPUs this process may run on (all of them where there is no affinity mask: not Linux)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def available_cpus() -> int:
     """CPUs this process may run on: its affinity mask, lowered by a cgroup quota (at least 1)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
+    count = len(affinity())
     quota = _cgroup_cpus()
     if quota is not None:
         count = min(count, math.ceil(quota))
@@ -230,19 +235,12 @@ class ThreadGovernor:
 _governor: ThreadGovernor | None = None
 
 
-def _affinity() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
-
-
 def start_sharing(cap: int) -> ThreadGovernor | None:
     """Let `share_cores()` fit this process's threads to the free CPUs, up to `cap`. Nothing when
     switched off, with one CPU, or where the CPUs' use cannot be read (no /proc/stat, or a cgroup
     quota below the affinity mask, where /proc/stat does not show what the quota leaves)."""
     global _governor
-    cpus = _affinity()
+    cpus = affinity()
     _governor = None
     if thread_tuning_enabled() and cap > 1 and len(cpus) == available_cpus() and busy_seconds(cpus) is not None:
         _governor = ThreadGovernor(cap, cpus)
