@@ -40,7 +40,6 @@ def pair64(name: str, features: int, hidden: int, steps: int, **kwargs):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matches_reference_for_any_input_width_and_thread_count(name, features, threads, monkeypatch):
     """H = 13 (4H = 52 units) splits unevenly over threads; both input-term paths are taken."""
-    monkeypatch.setattr(loop, "PARALLEL_UNITS", 0)  # split even these tiny steps over the threads
     steps, batch, hidden = 6, 7, 13
     ref, fast = pair64(name, features, hidden, steps, num_layers=2)
     x = torch.randn(steps, batch, features, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -61,7 +60,6 @@ def test_matches_reference_for_any_input_width_and_thread_count(name, features, 
 def test_lengths_and_bidirectional_run_on_the_kernels(name, features, threads, monkeypatch):
     """Padded steps hold the state, output zeros and stay out of every statistic; the last step
     has no real example at all; reverse layers see each sequence reversed."""
-    monkeypatch.setattr(loop, "PARALLEL_UNITS", 0)
     steps, batch, hidden = 6, 7, 13
     lengths = torch.tensor([5, 3, 2, 1, 5, 4, 2])
     calls = []
@@ -134,13 +132,12 @@ def test_other_dtypes_and_autocast_leave_the_kernels():
         assert choose(fast.layers[0], x) is not loop.run_layer
 
 
-def test_kernel_threads_split_only_large_or_layer_norm_steps(monkeypatch):
+def test_kernel_threads_split_the_batch(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    bn, ln, none = loop.Slot(loop.BN_BATCH), loop.Slot(loop.LAYER), loop.Slot(loop.NONE)
-    assert loop.kernel_threads([bn, bn, bn], 100 * 400) == 1  # smnist: one thread
-    assert loop.kernel_threads([bn, bn, bn], loop.PARALLEL_UNITS) == 4
-    assert loop.kernel_threads([ln, ln, ln], 100 * 400) == 4
-    assert loop.kernel_threads([none, none, ln], 8) == 4
+    assert loop.kernel_threads(100) == 4
+    assert loop.kernel_threads(3) == 3  # at most one thread per example
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 500)
+    assert loop.kernel_threads(1000) == loop.MAX_THREADS
 
 
 def one_step_cell(which: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,10 @@ keyed by the source, the flags and the compiler, and written atomically so that 
 trials can race to build it. Nothing is downloaded. Where there is no compiler, or the build
 fails, or `RECNORM_NATIVE=0`, `load()` returns None and the fast paths use their pure-PyTorch
 loops; `reason()` says why.
+
+The kernels run each step's recurrent matrix product on torch's own BLAS (the Fortran
+`sgemm_`/`dgemm_` that torch's CPU library exports: MKL on x86 wheels), found at run time so
+that nothing is linked at build time; where torch exports none, on a plain loop of their own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from suite.core.perf import switched_off
 SOURCE = Path(__file__).with_name("norm_lstm.cpp")
 ENV_SWITCH = "RECNORM_NATIVE"
 ENV_CACHE = "RECNORM_NATIVE_CACHE"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _library: ctypes.CDLL | None = None
 _reason: str | None = None
@@ -99,7 +103,7 @@ def load() -> ctypes.CDLL | None:
         _reason = f"native kernels unavailable: {error}"
         return None
     for name in ("recnorm_forward_f32", "recnorm_forward_f64", "recnorm_backward_f32", "recnorm_backward_f64"):
-        getattr(library, name).argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        getattr(library, name).argtypes = [ctypes.c_void_p]
         getattr(library, name).restype = None
     _library = library
     return library
@@ -112,4 +116,25 @@ def reason() -> str | None:
 
 def status() -> str:
     """For the record of a run: "available" (the fast paths of this process use them) or why not."""
-    return "available" if load() is not None else str(_reason)
+    if load() is None:
+        return str(_reason)
+    return "available" if gemm(torch.float32) else "available, without BLAS (torch exports no sgemm_)"
+
+
+_GEMM_SYMBOLS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+_gemm: dict[torch.dtype, int | None] = {}
+
+
+def gemm(dtype: torch.dtype) -> int | None:
+    """The address of torch's BLAS ?gemm_ for float32/float64 (the library torch itself calls), or None."""
+    if dtype not in _gemm:
+        address = None
+        for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
+            try:
+                function = getattr(ctypes.CDLL(str(path)), _GEMM_SYMBOLS[dtype])
+            except (OSError, AttributeError):
+                continue
+            address = ctypes.cast(function, ctypes.c_void_p).value
+            break
+        _gemm[dtype] = address
+    return _gemm[dtype]

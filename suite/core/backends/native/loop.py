@@ -29,15 +29,12 @@ from suite.core.cells.norms import Identity
 # Up to this many input features the kernel computes W_x x_t itself, step by step: cheaper than
 # a (T, B, 4H) array of input terms written, read and differentiated through memory.
 SMALL_INPUT = 8
-# Batch-norm and identity steps split units over threads, so every thread walks every example's
-# row: below this many gate values per step (smnist: 40k, ptb256: 65k) one thread was as fast
-# and far steadier on 2 shared cores (two threads swung between 1.1x and 1.7x of cudnn_lstm
-# from run to run). Layer-norm steps split examples and keep every thread.
-PARALLEL_UNITS = 1 << 17
-# Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
+# The kernels' threads split the batch's rows between them, at most this many (the kernel's cap).
+MAX_THREADS = 64
+# Loop<T> of norm_lstm.cpp, in order: sizes, then the product's address and buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
-BUFFERS = ("bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx", "dx_part",
-           "zh", "acts", "c", "tcn", "h", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch")
+BUFFERS = ("gemm", "w", "bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx",
+           "zh", "acts", "c", "tcn", "h", "d_out", "d_hn", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch", "partial")
 
 
 class _NormStruct(ctypes.Structure):
@@ -52,8 +49,8 @@ class _LoopStruct(ctypes.Structure):
                 + [("nx", _NormStruct), ("nh", _NormStruct), ("nc", _NormStruct)])
 
 
-def _ptr(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
+def _ptr(tensor: torch.Tensor | int | None) -> int | None:
+    return tensor.data_ptr() if isinstance(tensor, torch.Tensor) else tensor
 
 
 def _norm_struct(slot: Slot) -> _NormStruct:
@@ -129,10 +126,9 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
 
-def kernel_threads(slots: list[Slot], gate_values: int) -> int:
-    """Threads for a step's kernel calls: torch's, or one for small batch-norm/identity steps."""
-    by_rows = any(slot.kind == LAYER for slot in slots)
-    return torch.get_num_threads() if by_rows or gate_values >= PARALLEL_UNITS else 1
+def kernel_threads(batch: int) -> int:
+    """Threads for the kernels: torch's, at most one per example."""
+    return max(1, min(torch.get_num_threads(), batch, MAX_THREADS))
 
 
 def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slots: list[Slot]) -> _LoopStruct:
@@ -141,7 +137,7 @@ def _struct(sizes: dict[str, int], buffers: dict[str, torch.Tensor | None], slot
 
 
 class NativeLoop(torch.autograd.Function):
-    """The recurrence over the input term, forward and backward.
+    """The recurrence over the input term, forward and backward, one kernel call each.
 
     `source` is x (T, B, F) with `w_x` W_x, the kernel forming W_x x_t per step; or, with w_x
     None, the input term itself (T, B, 4H). `padding` is None or (mask (T, B), count (T,)) in
@@ -155,13 +151,16 @@ class NativeLoop(torch.autograd.Function):
         four_h, hidden = w.shape[0], w.shape[1]
         keep = any(ctx.needs_input_grad)
         kept = steps if keep else 1
-        threads = kernel_threads(slots, batch * four_h)
+        # norm_h's backward reads the recurrent term of every step; nothing else does.
+        kept_zh = steps if keep and slots[1].kind != NONE else 1
+        threads = kernel_threads(batch)
         new = source.new_empty
         sizes = dict(steps=steps, batch=batch, hidden=hidden, threads=threads, kept=int(keep),
                      features=source.shape[2] if w_x is not None else 0)
-        buffers = dict(bias=bias.detach().contiguous(), zh=new(kept, batch, four_h), acts=new(kept, batch, four_h),
-                       c=new(kept + 1, batch, hidden), tcn=new(kept, batch, hidden), h=new(steps + 1, batch, hidden),
-                       scratch=new(max(6, 4 * threads) * four_h))
+        buffers = dict(gemm=build.gemm(source.dtype), w=w.detach().contiguous(), bias=bias.detach().contiguous(),
+                       zh=new(kept_zh, batch, four_h), acts=new(kept, batch, four_h), c=new(kept + 1, batch, hidden),
+                       tcn=new(kept, batch, hidden), h=new(steps + 1, batch, hidden),
+                       scratch=new(threads, 8 * four_h), partial=new(threads, 2, 6 * four_h))
         if padding is not None:
             buffers["mask"], buffers["count"] = padding
         if w_x is None:
@@ -172,12 +171,8 @@ class NativeLoop(torch.autograd.Function):
         hs, cs = buffers["h"], buffers["c"]
         hs[0], cs[0] = h0, c0
         loop = _struct(sizes, buffers, slots)
-        step = library.recnorm_forward_f64 if source.dtype == torch.float64 else library.recnorm_forward_f32
-        w_t = w.detach().t()
-        h_views, zh_views, ref = hs.unbind(0), buffers["zh"].unbind(0), ctypes.byref(loop)
-        for t in range(steps):
-            torch.mm(h_views[t], w_t, out=zh_views[t if keep else 0])
-            step(ref, t)
+        (library.recnorm_forward_f64 if source.dtype == torch.float64 else library.recnorm_forward_f32)(
+            ctypes.byref(loop))
         if keep:
             ctx.slots, ctx.owners, ctx.sizes, ctx.buffers = slots, owners, sizes, buffers
             ctx.save_for_backward(w)
@@ -192,12 +187,12 @@ class NativeLoop(torch.autograd.Function):
         four_h = 4 * hidden
         new, zeros = w.new_empty, w.new_zeros
         d_zh = new(steps, batch, four_h)
-        buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), dh=new(batch, hidden), dc=d_cn.contiguous().clone())
+        buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), dh=new(batch, hidden), dc=d_cn.contiguous().clone(),
+                       d_out=d_out.contiguous(), d_hn=d_hn.contiguous())
         if buffers.get("mask") is not None:
             buffers["dh_carry"] = zeros(batch, hidden)
         if features:
-            buffers.update(dx=new(steps, batch, features), d_wx=zeros(threads, features, four_h),
-                           dx_part=new(threads, batch, features))
+            buffers.update(dx=new(steps, batch, features), d_wx=zeros(threads, features, four_h))
         else:
             both_none = slots[0].kind == NONE and slots[1].kind == NONE
             buffers["d_zx"] = d_zh if both_none else new(steps, batch, four_h)
@@ -205,15 +200,7 @@ class NativeLoop(torch.autograd.Function):
             slots[index].grads[name] = zeros(threads, getattr(slots[index], name).shape[0])
         library = load()
         loop = _struct(sizes, buffers, slots)
-        step = library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32
-        dh = buffers["dh"]
-        out_views, d_zh_views, ref = d_out.contiguous().unbind(0), d_zh.unbind(0), ctypes.byref(loop)
-        for t in range(steps - 1, -1, -1):
-            if t == steps - 1:
-                torch.add(out_views[t], d_hn, out=dh)
-            else:
-                torch.addmm(out_views[t], d_zh_views[t + 1], w, out=dh)
-            step(ref, t)
+        (library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32)(ctypes.byref(loop))
         d_w = d_zh.view(steps * batch, four_h).t().mm(buffers["h"][:-1].reshape(steps * batch, hidden))
         d_h0 = d_zh[0].mm(w)
         if buffers.get("dh_carry") is not None:

@@ -1,11 +1,18 @@
-// One time step of the normalized LSTM (Cooijmans et al. 2016, Eq. 6-8), forward and backward,
-// fused into two passes over cache-resident (B, 4H) and (B, H) blocks.
+// The normalized LSTM recurrence (Cooijmans et al. 2016, Eq. 6-8), forward and backward over
+// the whole sequence, on the CPU.
 //
-// The caller (suite/core/backends/native/loop.py) runs the time loop and the recurrent matrix products
-// in PyTorch; these functions do everything else of a step: the three normalizations (per-step
-// batch norm with batch or population statistics, or layer norm), the gate nonlinearities, the
-// cell update, and their hand-derived gradients. No PyTorch headers: plain C++ with OpenMP,
-// built with the system compiler at first use and loaded with ctypes.
+// The caller (suite/core/backends/native/loop.py) hands over the buffers; these functions run
+// the time loop: the recurrent matrix product of every step (torch's own BLAS, ?gemm_, found at
+// run time, or a plain loop where there is none), the three normalizations (per-step batch norm
+// with batch or population statistics, or layer norm), the gate nonlinearities, the cell update,
+// and their hand-derived gradients. No PyTorch headers: plain C++ with OpenMP, built with the
+// system compiler at first use and loaded with ctypes.
+//
+// Threads split the batch: each owns a block of rows for the whole sequence and runs its own
+// rows' product, gates and cell, so that rows stay in its cache and no thread waits on another,
+// except where a batch statistic couples the rows: there each thread reduces its rows, and one
+// barrier later every thread combines the partial results in the same order (Chan et al.'s
+// pairwise update for mean and variance), so all threads hold identical statistics.
 //
 // Layouts are row-major: z[b * C + j] for example b, unit j. Gates are ordered i, f, g, o
 // (torch.nn.LSTM's order). tanh(z) is computed as 2 sigmoid(2z) - 1, so that every gate uses
@@ -34,11 +41,18 @@ struct Norm {
   T* d_beta;       // (threads, C) or null
 };
 
+// Fortran BLAS ?gemm_ (column-major; LP64 integers), as torch's own BLAS exports it.
+template <typename T>
+using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*, const int*,
+                      const T*, const int*, const T*, T*, const int*);
+
 template <typename T>
 struct Loop {
   int64_t steps, batch, hidden, threads, kept;  // kept = 0: per-step buffers hold one step (no backward)
   int64_t features;  // F
-  const T* bias;  // (4H)
+  void* gemm;        // Gemm<T> or null (the plain product below)
+  const T* w;        // (4H, H) W_h
+  const T* bias;     // (4H)
   // Variable lengths: mask[t * B + b] is 1 where step t of example b is real, 0 in padding.
   // Padding leaves the state unchanged and is left out of every batch statistic (count[t]
   // real examples at step t), exactly as the reference loop does. Both null without lengths.
@@ -55,18 +69,20 @@ struct Loop {
   T* d_step;      // (B, 4H) this step's gate gradient when it has no array of its own
   T* dx;          // (steps, B, F)
   T* d_wx;        // (threads, F, 4H) per-thread accumulators of dW_x^T
-  T* dx_part;     // (threads, B, F) per-thread partial sums of dx_t
-  const T* zh;    // (kept steps, B, 4H) recurrent term h_{t-1} W_h^T, filled by the caller
+  T* zh;          // (steps, B, 4H) recurrent term h_{t-1} W_h^T where norm_h needs it backward, else (B, 4H)
   T* acts;        // (kept steps, B, 4H) i, f, g, o after their nonlinearities
   T* c;           // (kept steps + 1, B, H); without backward two rows used in turn
   T* tcn;         // (kept steps, B, H) tanh(norm_c(c_t))
   T* h;           // (steps + 1, B, H)
-  T* dh;          // (B, H) dL/dh_t, filled by the caller
-  T* dc;          // (B, H) dL/dc_t from step t+1 (already times f_{t+1}); left as dL/dc_{t-1}'s part
+  const T* d_out; // (steps, B, H) dL/d output h_t
+  const T* d_hn;  // (B, H) dL/dh_T from the final state
+  T* dh;          // (B, H) dL/dh_t
+  T* dc;          // (B, H) dL/dc_t from step t+1 (already times f_{t+1}); left as dL/dc_{-1}'s part
   T* d_zx;        // (steps, B, 4H), with zx only
   T* d_zh;        // (steps, B, 4H)
   T* d_bias;      // (threads, 4H)
-  T* scratch;     // (max(6, 4 threads) * 4H) coefficients: by unit (disjoint per thread) or by thread
+  T* scratch;     // (threads, 8 * 4H) per-thread coefficient rows
+  T* partial;     // (threads, 2, 6 * 4H) per-thread partial statistics, two sets used by step parity
   Norm<T> nx, nh, nc;
 };
 
@@ -95,56 +111,138 @@ inline double exp_(double x) { return std::exp(x); }
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
 template <typename T> inline T tanh_(T x) { return T(2) * sigmoid(T(2) * x) - T(1); }
 
-// Units [lo, hi) of `size` for thread p of n, in blocks of 16 so that inner loops vectorize.
+// Rows [lo, hi) of `size` for thread p of n.
 inline void share(int64_t size, int p, int n, int64_t& lo, int64_t& hi) {
-  int64_t per = ((size + n - 1) / n + 15) / 16 * 16;
-  lo = std::min<int64_t>(size, p * per);
-  hi = std::min<int64_t>(size, lo + per);
+  lo = size * p / n;
+  hi = size * (p + 1) / n;
 }
 
-template <typename F> inline void parallel(int n, F body) {
-  if (n <= 1) {
-    body(0, 1);
+// C (rows x N) = A (rows x K) op(B) + beta C, all row-major; op(B) = B^T of B (N, K) when
+// `b_rows_are_n`, else B (K, N).
+template <typename T>
+void product(const Loop<T>& L, bool b_rows_are_n, int64_t rows, int64_t N, int64_t K, const T* A, const T* B,
+             T beta, T* C) {
+  if (rows <= 0) return;
+  if (L.gemm) {  // row-major C = A op(B) is column-major C^T = op(B)^T A^T
+    const int m = int(N), n = int(rows), k = int(K), ldb = b_rows_are_n ? int(K) : int(N);
+    const T one = T(1);
+    reinterpret_cast<Gemm<T>>(L.gemm)(b_rows_are_n ? "T" : "N", "N", &m, &n, &k, &one, B, &ldb, A, &k, &beta, C, &m);
     return;
   }
-#pragma omp parallel num_threads(n)
-  body(omp_get_thread_num(), omp_get_num_threads());
+  for (int64_t r = 0; r < rows; ++r) {
+    T* c = C + r * N;
+    const T* a = A + r * K;
+    if (beta == T(0)) std::fill(c, c + N, T(0));
+    if (b_rows_are_n) {
+      for (int64_t j = 0; j < N; ++j) {
+        const T* b = B + j * K;
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t q = 0; q < K; ++q) sum += a[q] * b[q];
+        c[j] += sum;
+      }
+    } else {
+      for (int64_t q = 0; q < K; ++q) {
+        const T aq = a[q];
+        const T* b = B + q * N;
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) c[j] += aq * b[j];
+      }
+    }
+  }
 }
 
-// Batch-norm (or identity) of units [lo, hi) of a (B, C) block as y = a z + k: fills a and k
-// (and, for batch statistics, the step's mean, invstd and variance).
+inline bool is_batch(int64_t kind) { return kind == BN_BATCH; }
+
+template <typename T> inline T real_rows(const T* mask, int64_t lo, int64_t hi) {
+  if (!mask) return T(hi - lo);
+  T n = 0;
+  for (int64_t b = lo; b < hi; ++b) n += mask[b];
+  return n;
+}
+
+// Mean and sum of squared deviations of units of rows [lo, hi) of a (B, C) block, real rows only.
 template <typename T>
-void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t, int64_t lo, int64_t hi,
-                   T* a, T* k, const T* mask, T count) {
+void local_moments(const T* z, int64_t C, int64_t lo, int64_t hi, const T* mask, T* mean, T* m2) {
+  for (int64_t j = 0; j < C; ++j) mean[j] = T(0), m2[j] = T(0);
+  const T n = real_rows(mask, lo, hi);
+  if (n == T(0)) return;
+  for (int64_t b = lo; b < hi; ++b) {
+    const T* row = z + b * C;
+    const T m = mask ? mask[b] : T(1);
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) mean[j] += m * row[j];
+  }
+  for (int64_t j = 0; j < C; ++j) mean[j] /= n;
+  for (int64_t b = lo; b < hi; ++b) {  // two passes: the one-pass formula loses digits
+    const T* row = z + b * C;
+    const T m = mask ? mask[b] : T(1);
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) m2[j] += m * (row[j] - mean[j]) * (row[j] - mean[j]);
+  }
+}
+
+// A column norm (batch norm or none) of a (B, C) block as y = a z + k per unit, in two calls
+// with a barrier between them for batch statistics: with `reduce_only`, thread p reduces its
+// rows into parts[p] (2C: mean, m2); then every thread combines all parts the same way into a
+// and k, and thread 0 writes the step's mean, invstd and variance.
+template <typename T>
+void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t, int p, int threads,
+                   T* const* parts, const T* mask, T count, T* a, T* k, bool reduce_only) {
   if (n.kind == NONE) {
-    for (int64_t j = lo; j < hi; ++j) a[j] = T(1), k[j] = T(0);
+    if (reduce_only) return;
+    for (int64_t j = 0; j < C; ++j) a[j] = T(1), k[j] = T(0);
     return;
   }
   T* mean = n.mean + t * C;
   T* invstd = n.invstd + t * C;
   if (n.kind == BN_BATCH) {
-    T* var = n.var + t * C;
-    for (int64_t j = lo; j < hi; ++j) mean[j] = T(0), var[j] = T(0);
-    const T per = T(1) / std::max(count, T(1));  // a step with no real example: zeros, as the reference
-    for (int64_t b = 0; b < B; ++b) {
-      const T* row = z + b * C;
-      const T m = mask ? mask[b] : T(1);
+    if (reduce_only) {
+      int64_t lo, hi;
+      share(B, p, threads, lo, hi);
+      local_moments(z, C, lo, hi, mask, parts[p], parts[p] + C);
+      return;
+    }
+    // Chan et al.: with n = n_A + n_B, mean = mean_A + (mean_B - mean_A) n_B / n and
+    // m2 = m2_A + m2_B + (mean_B - mean_A)^2 n_A n_B / n, thread blocks taken in order.
+    T* mu = a;  // a and k hold the combined mean and m2 until the coefficients replace them
+    T* m2 = k;
+    T seen = 0;
+    for (int q = 0; q < threads; ++q) {
+      int64_t lo, hi;
+      share(B, q, threads, lo, hi);
+      const T nq = real_rows(mask, lo, hi);
+      if (nq == T(0)) continue;
+      const T* pm = parts[q];
+      const T* pm2 = parts[q] + C;
+      const T total = seen + nq;
+      if (seen == T(0)) {
+        for (int64_t j = 0; j < C; ++j) mu[j] = pm[j], m2[j] = pm2[j];
+      } else {
+        const T wq = nq / total, cross = seen * nq / total;
 #pragma omp simd
-      for (int64_t j = lo; j < hi; ++j) mean[j] += m * row[j];
+        for (int64_t j = 0; j < C; ++j) {
+          const T delta = pm[j] - mu[j];
+          mu[j] += delta * wq;
+          m2[j] += pm2[j] + delta * delta * cross;
+        }
+      }
+      seen = total;
     }
-    for (int64_t j = lo; j < hi; ++j) mean[j] *= per;
-    for (int64_t b = 0; b < B; ++b) {  // two passes: the one-pass formula loses digits
-      const T* row = z + b * C;
-      const T m = mask ? mask[b] : T(1);
-#pragma omp simd
-      for (int64_t j = lo; j < hi; ++j) var[j] += m * (row[j] - mean[j]) * (row[j] - mean[j]);
+    if (seen == T(0)) {  // a step with no real example: zeros, as the reference
+      for (int64_t j = 0; j < C; ++j) mu[j] = T(0), m2[j] = T(0);
     }
-    for (int64_t j = lo; j < hi; ++j) {
-      var[j] *= per;
-      invstd[j] = T(1) / std::sqrt(var[j] + T(n.eps));
+    const T per = T(1) / std::max(count, T(1));
+    for (int64_t j = 0; j < C; ++j) {
+      const T m = mu[j], v = m2[j] * per, is = T(1) / std::sqrt(v + T(n.eps));
+      if (p == 0) mean[j] = m, n.var[t * C + j] = v, invstd[j] = is;
+      a[j] = n.gamma[j] * is;
+      k[j] = (n.beta ? n.beta[j] : T(0)) - a[j] * m;
     }
+    return;
   }
-  for (int64_t j = lo; j < hi; ++j) {
+  if (reduce_only) return;
+  for (int64_t j = 0; j < C; ++j) {
     a[j] = n.gamma[j] * invstd[j];
     k[j] = (n.beta ? n.beta[j] : T(0)) - a[j] * mean[j];
   }
@@ -172,40 +270,37 @@ void row_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t, i
   }
 }
 
-// Gate pre-activations -> activations for units [lo, hi) of one row; the g block gets tanh.
+// Gate pre-activations -> activations of one row; the g block gets tanh.
 template <typename T>
-inline void activate(const T* zx, const T* zh, const T* ax, const T* ah, const T* k, T* out, int64_t H,
-                     int64_t lo, int64_t hi) {
+inline void activate(const T* zx, const T* zh, const T* ax, const T* ah, const T* k, T* out, int64_t H) {
   for (int q = 0; q < 4; ++q) {
-    int64_t s = std::max(lo, q * H), e = std::min(hi, (q + 1) * H);
     const T m = q == 2 ? T(2) : T(1);  // tanh(z) = 2 sigmoid(2z) - 1
 #pragma omp simd
-    for (int64_t j = s; j < e; ++j) out[j] = m * sigmoid(m * (ax[j] * zx[j] + ah[j] * zh[j] + k[j])) - (m - T(1));
+    for (int64_t j = q * H; j < (q + 1) * H; ++j)
+      out[j] = m * sigmoid(m * (ax[j] * zx[j] + ah[j] * zh[j] + k[j])) - (m - T(1));
   }
 }
 
-// z_step[b, j] = sum_f x_t[b, f] W_x^T[f, j] for rows [b0, b1) and units [lo, hi).
+// z_step[b, :] = x_t[b, :] W_x^T for rows [b0, b1).
 template <typename T>
-void project(const Loop<T>& L, int64_t t, int64_t b0, int64_t b1, int64_t lo, int64_t hi) {
+void project(const Loop<T>& L, int64_t t, int64_t b0, int64_t b1) {
   const int64_t B = L.batch, G = 4 * L.hidden, F = L.features;
   const T* x = L.x + t * B * F;
   for (int64_t b = b0; b < b1; ++b) {
     T* z = L.z_step + b * G;
-    for (int64_t j = lo; j < hi; ++j) z[j] = T(0);
+    std::fill(z, z + G, T(0));
     for (int64_t f = 0; f < F; ++f) {
       const T xf = x[b * F + f];
       const T* w = L.wx_t + f * G;
 #pragma omp simd
-      for (int64_t j = lo; j < hi; ++j) z[j] += xf * w[j];
+      for (int64_t j = 0; j < G; ++j) z[j] += xf * w[j];
     }
   }
 }
 
-// Gradient of the input term of row b, units [lo, hi) (d): into thread p's dW_x^T and into
-// dx_t[b] (whole rows) or thread p's partial sums of it (some units only).
+// Gradient of row b's input term (d): into thread p's dW_x^T and into dx_t[b].
 template <typename T>
-void project_backward(const Loop<T>& L, int64_t t, int64_t b, int64_t lo, int64_t hi, const T* d, int p,
-                      bool whole_row) {
+void project_backward(const Loop<T>& L, int64_t t, int64_t b, const T* d, int p) {
   const int64_t B = L.batch, G = 4 * L.hidden, F = L.features;
   const T* x = L.x + t * B * F;
   for (int64_t f = 0; f < F; ++f) {
@@ -214,27 +309,24 @@ void project_backward(const Loop<T>& L, int64_t t, int64_t b, int64_t lo, int64_
     const T* w = L.wx_t + f * G;
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = lo; j < hi; ++j) {
+    for (int64_t j = 0; j < G; ++j) {
       dw[j] += d[j] * xf;
       sum += d[j] * w[j];
     }
-    if (whole_row) L.dx[(t * B + b) * F + f] = sum;
-    else L.dx_part[(p * B + b) * F + f] += sum;
+    L.dx[(t * B + b) * F + f] = sum;
   }
 }
 
-// A padded step leaves example b's state as it was.
-template <typename T>
-inline void hold(T* c_next, const T* c_prev, T* h, const T* h_prev, int64_t b, int64_t H, int64_t lo, int64_t hi) {
-  for (int64_t j = lo; j < hi; ++j) c_next[b * H + j] = c_prev[b * H + j], h[b * H + j] = h_prev[b * H + j];
+template <typename T> inline T* part(const Loop<T>& L, int p, int64_t t, int64_t offset) {
+  return L.partial + (p * 2 + t % 2) * 6 * 4 * L.hidden + offset;
 }
 
 template <typename T>
-void forward_step(const Loop<T>& L, int64_t t) {
+void forward_step(const Loop<T>& L, int64_t t, int p, int threads, int64_t lo, int64_t hi) {
   const int64_t B = L.batch, H = L.hidden, G = 4 * H;
   const int64_t slot = L.kept ? t : 0;
   const T* zx = L.x ? L.z_step : L.zx + t * B * G;
-  const T* zh = L.zh + slot * B * G;
+  T* zh = L.zh + (L.kept && L.nh.kind != NONE ? t : 0) * B * G;
   T* acts = L.acts + slot * B * G;
   const T* c_prev = L.c + (L.kept ? t : t % 2) * B * H;
   T* c_next = L.c + (L.kept ? t + 1 : (t + 1) % 2) * B * H;
@@ -244,104 +336,105 @@ void forward_step(const Loop<T>& L, int64_t t) {
   const T* mask = L.mask ? L.mask + t * B : nullptr;
   const T count = L.count ? L.count[t] : T(B);
   const bool rows = L.nx.kind == LAYER || L.nh.kind == LAYER;
-  const bool cell_rows = L.nc.kind == LAYER;
-  T* ax = L.scratch;  // coefficient arrays, (4H) each
+  T* ax = L.scratch + p * 8 * G;  // this thread's coefficient rows
   T* ah = ax + G;
   T* k = ah + G;
   T* kh = k + G;
-  parallel(L.threads, [&](int p, int n) {
-    if (!rows) {
-      int64_t lo, hi;
-      share(G, p, n, lo, hi);
-      if (L.x) project(L, t, 0, B, lo, hi);
-      column_affine(L.nx, zx, B, G, t, lo, hi, ax, k, mask, count);
-      column_affine(L.nh, zh, B, G, t, lo, hi, ah, kh, mask, count);
-      for (int64_t j = lo; j < hi; ++j) k[j] += kh[j] + L.bias[j];
-      for (int64_t b = 0; b < B; ++b) activate(zx + b * G, zh + b * G, ax, ah, k, acts + b * G, H, lo, hi);
-    } else {
-      int64_t lo, hi;
-      share(B, p, n, lo, hi);
-      if (L.x) project(L, t, lo, hi, 0, G);
-      T* rax = L.scratch + p * 4 * G;  // per-thread rows: 4 arrays of 4H
-      T* rah = rax + G;
-      T* rk = rah + G;
-      T* rkh = rk + G;
-      for (int64_t b = lo; b < hi; ++b) {
-        row_affine(L.nx, zx + b * G, B, G, t, b, rax, rk);
-        row_affine(L.nh, zh + b * G, B, G, t, b, rah, rkh);
-        for (int64_t j = 0; j < G; ++j) rk[j] += rkh[j] + L.bias[j];
-        activate(zx + b * G, zh + b * G, rax, rah, rk, acts + b * G, H, 0, G);
-      }
+  T* ac = kh + G;
+  T* kc = ac + H;
+
+  product(L, true, hi - lo, G, H, h_prev + lo * H, L.w, T(0), zh + lo * G);
+  if (L.x) project(L, t, lo, hi);
+  if (!rows) {
+    T* parts_x[64];
+    T* parts_h[64];
+    for (int q = 0; q < threads; ++q) parts_x[q] = part(L, q, t, 0), parts_h[q] = part(L, q, t, 2 * G);
+    column_affine(L.nx, zx, B, G, t, p, threads, parts_x, mask, count, ax, k, true);
+    column_affine(L.nh, zh, B, G, t, p, threads, parts_h, mask, count, ah, kh, true);
+    if (is_batch(L.nx.kind) || is_batch(L.nh.kind)) {
+#pragma omp barrier
     }
-  });
-  parallel(L.threads, [&](int p, int n) {
-    int64_t lo, hi;
-    share(cell_rows ? B : H, p, n, lo, hi);
-    if (!cell_rows) {
-      for (int64_t b = 0; b < B; ++b) {
-        const T* a = acts + b * G;
-#pragma omp simd
-        for (int64_t j = lo; j < hi; ++j) c_next[b * H + j] = a[H + j] * c_prev[b * H + j] + a[j] * a[2 * H + j];
-      }
-      T* ac = L.scratch;  // the gate coefficients are dead by now
-      T* kc = ac + H;
-      column_affine(L.nc, c_next, B, H, t, lo, hi, ac, kc, mask, count);
-      for (int64_t b = 0; b < B; ++b) {
-        const T* a = acts + b * G;
-#pragma omp simd
-        for (int64_t j = lo; j < hi; ++j) {
-          T v = tanh_(ac[j] * c_next[b * H + j] + kc[j]);
-          tcn[b * H + j] = v;
-          h[b * H + j] = a[3 * H + j] * v;
-        }
-        if (mask && mask[b] == T(0)) hold(c_next, c_prev, h, h_prev, b, H, lo, hi);
-      }
-    } else {
-      T* ac = L.scratch + p * 2 * H;
-      T* kc = ac + H;
-      for (int64_t b = lo; b < hi; ++b) {
-        const T* a = acts + b * G;
-        T* cn = c_next + b * H;
-        const T* cp = c_prev + b * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) cn[j] = a[H + j] * cp[j] + a[j] * a[2 * H + j];
-        row_affine(L.nc, cn, B, H, t, b, ac, kc);
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          T v = tanh_(ac[j] * cn[j] + kc[j]);
-          tcn[b * H + j] = v;
-          h[b * H + j] = a[3 * H + j] * v;
-        }
-        if (mask && mask[b] == T(0)) hold(c_next, c_prev, h, h_prev, b, H, 0, H);
-      }
+    column_affine(L.nx, zx, B, G, t, p, threads, parts_x, mask, count, ax, k, false);
+    column_affine(L.nh, zh, B, G, t, p, threads, parts_h, mask, count, ah, kh, false);
+    for (int64_t j = 0; j < G; ++j) k[j] += kh[j] + L.bias[j];
+    for (int64_t b = lo; b < hi; ++b) activate(zx + b * G, zh + b * G, ax, ah, k, acts + b * G, H);
+  } else {
+    for (int64_t b = lo; b < hi; ++b) {
+      row_affine(L.nx, zx + b * G, B, G, t, b, ax, k);
+      row_affine(L.nh, zh + b * G, B, G, t, b, ah, kh);
+      for (int64_t j = 0; j < G; ++j) k[j] += kh[j] + L.bias[j];
+      activate(zx + b * G, zh + b * G, ax, ah, k, acts + b * G, H);
     }
-  });
+  }
+  for (int64_t b = lo; b < hi; ++b) {
+    const T* a = acts + b * G;
+    T* cn = c_next + b * H;
+    const T* cp = c_prev + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) cn[j] = a[H + j] * cp[j] + a[j] * a[2 * H + j];
+  }
+  const bool cell_rows = L.nc.kind == LAYER;
+  if (!cell_rows) {
+    T* parts_c[64];
+    for (int q = 0; q < threads; ++q) parts_c[q] = part(L, q, t, 4 * G);
+    column_affine(L.nc, c_next, B, H, t, p, threads, parts_c, mask, count, ac, kc, true);
+    if (is_batch(L.nc.kind)) {
+#pragma omp barrier
+    }
+    column_affine(L.nc, c_next, B, H, t, p, threads, parts_c, mask, count, ac, kc, false);
+  }
+  for (int64_t b = lo; b < hi; ++b) {
+    const T* a = acts + b * G;
+    T* cn = c_next + b * H;
+    if (cell_rows) row_affine(L.nc, cn, B, H, t, b, ac, kc);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      T v = tanh_(ac[j] * cn[j] + kc[j]);
+      tcn[b * H + j] = v;
+      h[b * H + j] = a[3 * H + j] * v;
+    }
+    if (mask && mask[b] == T(0)) {  // a padded step leaves the example's state as it was
+      std::memcpy(cn, c_prev + b * H, sizeof(T) * H);
+      std::memcpy(h + b * H, h_prev + b * H, sizeof(T) * H);
+    }
+  }
 }
 
-// Batch-norm backward coefficients of units [lo, hi): dz = a dy + e z + f, with the sums of
-// dy and dy * xhat over the batch; accumulates d_gamma, d_beta of thread p.
+// Batch-norm backward coefficients of C units: dz = a dy + e z + f, from the batch sums of dy
+// and dy * xhat; adds this thread's own sums to its d_gamma, d_beta.
 template <typename T>
-void column_backward(const Norm<T>& n, const T* sum_dy, const T* sum_dy_xhat, T count, int64_t C, int64_t t,
-                     int p, int64_t lo, int64_t hi, T* a, T* e, T* f) {
+void column_backward(const Norm<T>& n, const T* sum_dy, const T* sum_dy_xhat, const T* own_dy,
+                     const T* own_dy_xhat, T count, int64_t C, int64_t t, int p, T* a, T* e, T* f) {
   if (n.kind == NONE) {
-    for (int64_t j = lo; j < hi; ++j) a[j] = T(1), e[j] = T(0), f[j] = T(0);
+    for (int64_t j = 0; j < C; ++j) a[j] = T(1), e[j] = T(0), f[j] = T(0);
     return;
   }
   const T* mean = n.mean + t * C;
   const T* invstd = n.invstd + t * C;
-  for (int64_t j = lo; j < hi; ++j) {
-    if (n.d_gamma) n.d_gamma[p * C + j] += sum_dy_xhat[j];
-    if (n.d_beta) n.d_beta[p * C + j] += sum_dy[j];
+  const T per = T(1) / std::max(count, T(1));
+  for (int64_t j = 0; j < C; ++j) {
+    if (n.d_gamma) n.d_gamma[p * C + j] += own_dy_xhat[j];
+    if (n.d_beta) n.d_beta[p * C + j] += own_dy[j];
     a[j] = n.gamma[j] * invstd[j];
     if (n.kind == BN_BATCH) {
       // dz = a (dy - mean(dy) - xhat mean(dy xhat)), xhat = (z - mean) invstd
-      const T per = T(1) / std::max(count, T(1));
       T m1 = sum_dy[j] * per, m2 = sum_dy_xhat[j] * per;
       e[j] = -a[j] * invstd[j] * m2;
       f[j] = -a[j] * m1 - e[j] * mean[j];
     } else {
       e[j] = T(0), f[j] = T(0);
     }
+  }
+}
+
+// Sum over threads of a C-wide partial at `offset`, into out (same order on every thread).
+template <typename T>
+void total(const Loop<T>& L, int64_t t, int threads, int64_t offset, int64_t C, T* out) {
+  std::memcpy(out, part(L, 0, t, offset), sizeof(T) * C);
+  for (int q = 1; q < threads; ++q) {
+    const T* pq = part(L, q, t, offset);
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) out[j] += pq[j];
   }
 }
 
@@ -374,10 +467,10 @@ void row_backward(const Norm<T>& n, const T* z, T* dy, int64_t B, int64_t C, int
 }
 
 template <typename T>
-void backward_step(const Loop<T>& L, int64_t t) {
+void backward_step(const Loop<T>& L, int64_t t, int p, int threads, int64_t lo, int64_t hi) {
   const int64_t B = L.batch, H = L.hidden, G = 4 * H;
   const T* zx = L.x ? L.z_step : L.zx + t * B * G;
-  const T* zh = L.zh + t * B * G;
+  const T* zh = L.zh + (L.nh.kind != NONE ? t : 0) * B * G;
   const T* acts = L.acts + t * B * G;
   const T* c_prev = L.c + t * B * H;
   const T* c_now = L.c + (t + 1) * B * H;
@@ -393,36 +486,43 @@ void backward_step(const Loop<T>& L, int64_t t) {
   const T count = L.count ? L.count[t] : T(B);
   T* dh = L.dh;
   T* dc = L.dc;
-
-  // Padding: dL/dh of a padded step goes on to the step before (the state was held), and the
-  // step's own gradients are zero; dL/dc is passed on untouched in gates_of_row.
-  auto route_padding = [&](int64_t b, int64_t lo, int64_t hi) {
-    T* carry = L.dh_carry + b * H;
-    T* d = dh + b * H;
-    if (mask[b] != T(0)) {
-      for (int64_t j = lo; j < hi; ++j) d[j] += carry[j], carry[j] = T(0);
-    } else {
-      for (int64_t j = lo; j < hi; ++j) carry[j] += d[j], d[j] = T(0);
-    }
-  };
+  T* coef = L.scratch + p * 8 * G;
   auto padded = [&](int64_t b) { return mask && mask[b] == T(0); };
-  auto zero_row = [&](T* row, int64_t lo, int64_t hi) { std::fill(row + lo, row + hi, T(0)); };
 
-  // Cell: d tanh(norm_c(c)), its norm's backward, then the four gate gradients.
-  // dL/d norm_c(c_t) of example b, unit j: through h_t = o tanh(norm_c(c_t)).
+  // dL/dh_t of this thread's rows: from the output, and from step t+1 through W_h.
+  std::memcpy(dh + lo * H, L.d_out + (t * B + lo) * H, sizeof(T) * (hi - lo) * H);
+  if (t == L.steps - 1) {
+    for (int64_t i = lo * H; i < hi * H; ++i) dh[i] += L.d_hn[i];
+  } else {
+    product(L, false, hi - lo, H, G, L.d_zh + ((t + 1) * B + lo) * G, L.w, T(1), dh + lo * H);
+  }
+  if (mask) {  // dL/dh of a padded step goes on to the step before (the state was held)
+    for (int64_t b = lo; b < hi; ++b) {
+      T* carry = L.dh_carry + b * H;
+      T* d = dh + b * H;
+      if (mask[b] != T(0)) {
+        for (int64_t j = 0; j < H; ++j) d[j] += carry[j], carry[j] = T(0);
+      } else {
+        for (int64_t j = 0; j < H; ++j) carry[j] += d[j], d[j] = T(0);
+      }
+    }
+  }
+
+  // Cell: dL/d norm_c(c_t) through h_t = o tanh(norm_c(c_t)), its norm's backward, then the
+  // four gate gradients (a padded row's are zero, and its dL/dc passes on untouched).
   auto d_norm_c = [&](int64_t b, int64_t j) {
     T v = tcn[b * H + j];
     return dh[b * H + j] * acts[b * G + 3 * H + j] * (T(1) - v * v);
   };
-  auto gates_of_row = [&](int64_t b, int64_t lo, int64_t hi, const T* d_cell) {
+  auto gates_of_row = [&](int64_t b, const T* d_cell) {
     const T* a = acts + b * G;
     T* d = d_pre + b * G;
     if (padded(b)) {
-      for (int q = 0; q < 4; ++q) zero_row(d, q * H + lo, q * H + hi);
+      std::fill(d, d + G, T(0));
       return;
     }
 #pragma omp simd
-    for (int64_t j = lo; j < hi; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
       T dct = dc[b * H + j] + d_cell[j];
       d[j] = dct * g * i * (T(1) - i);
@@ -432,136 +532,147 @@ void backward_step(const Loop<T>& L, int64_t t) {
       dc[b * H + j] = dct * f;
     }
   };
-  parallel(L.threads, [&](int p, int n) {
-    int64_t lo, hi;
-    share(cell_rows ? B : H, p, n, lo, hi);
-    if (mask) {
-      if (cell_rows) for (int64_t b = lo; b < hi; ++b) route_padding(b, 0, H);
-      else for (int64_t b = 0; b < B; ++b) route_padding(b, lo, hi);
-    }
-    if (!cell_rows) {
-      T* s1 = L.scratch;
-      T* s2 = s1 + H;
-      T* ac = s2 + H;
-      T* ec = ac + H;
-      T* fc = ec + H;
-      T* d_cell = fc + H;  // one row of dL/dc_t, by unit
-      for (int64_t j = lo; j < hi; ++j) s1[j] = T(0), s2[j] = T(0);
-      if (L.nc.kind != NONE) {
-        const T* mean = L.nc.mean + t * H;
-        const T* invstd = L.nc.invstd + t * H;
-        for (int64_t b = 0; b < B; ++b) {
-#pragma omp simd
-          for (int64_t j = lo; j < hi; ++j) {
-            T d = d_norm_c(b, j);
-            s1[j] += d;
-            s2[j] += d * (c_now[b * H + j] - mean[j]) * invstd[j];
-          }
-        }
-      }
-      column_backward(L.nc, s1, s2, count, H, t, p, lo, hi, ac, ec, fc);
-      for (int64_t b = 0; b < B; ++b) {
-#pragma omp simd
-        for (int64_t j = lo; j < hi; ++j) d_cell[j] = ac[j] * d_norm_c(b, j) + ec[j] * c_now[b * H + j] + fc[j];
-        gates_of_row(b, lo, hi, d_cell);
-      }
-    } else {
-      T* d_cell = L.scratch + p * H;
+  T* d_cell = coef + 7 * G;  // one row of dL/dc_t
+  if (!cell_rows) {
+    T* ac = coef;
+    T* ec = ac + H;
+    T* fc = ec + H;
+    T* s1 = fc + H;
+    T* s2 = s1 + H;
+    if (L.nc.kind != NONE) {
+      T* own1 = part(L, p, t, 0);
+      T* own2 = own1 + H;
+      std::fill(own1, own1 + 2 * H, T(0));
+      const T* mean = L.nc.mean + t * H;
+      const T* invstd = L.nc.invstd + t * H;
       for (int64_t b = lo; b < hi; ++b) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d_cell[j] = d_norm_c(b, j);
-        row_backward(L.nc, c_now + b * H, d_cell, B, H, t, b, p);
-        gates_of_row(b, 0, H, d_cell);
-      }
-    }
-  });
-
-  // Gates: bias gradient, then norm_h's and norm_x's backward on the same gate gradient.
-  if (L.x && !rows) std::fill(L.dx_part, L.dx_part + L.threads * B * L.features, T(0));
-  parallel(L.threads, [&](int p, int n) {
-    int64_t lo, hi;
-    share(rows ? B : G, p, n, lo, hi);
-    if (L.x && L.nx.kind != NONE) {  // the input term again, for norm_x's backward
-      if (rows) project(L, t, lo, hi, 0, G);
-      else project(L, t, 0, B, lo, hi);
-    }
-    if (!rows) {
-      T* sd = L.scratch;
-      T* sh = sd + G;
-      T* sx = sh + G;
-      T* a = sx + G;
-      T* e = a + G;
-      T* f = e + G;
-      for (int64_t j = lo; j < hi; ++j) sd[j] = T(0), sh[j] = T(0), sx[j] = T(0);
-      const bool need_h = L.nh.kind != NONE, need_x = L.nx.kind != NONE;
-      const T* mh = need_h ? L.nh.mean + t * G : nullptr;
-      const T* ih = need_h ? L.nh.invstd + t * G : nullptr;
-      const T* mx = need_x ? L.nx.mean + t * G : nullptr;
-      const T* ix = need_x ? L.nx.invstd + t * G : nullptr;
-      for (int64_t b = 0; b < B; ++b) {
-        const T* d = d_pre + b * G;
-#pragma omp simd
-        for (int64_t j = lo; j < hi; ++j) sd[j] += d[j];
-        if (need_h) {
-#pragma omp simd
-          for (int64_t j = lo; j < hi; ++j) sh[j] += d[j] * (zh[b * G + j] - mh[j]) * ih[j];
-        }
-        if (need_x) {
-#pragma omp simd
-          for (int64_t j = lo; j < hi; ++j) sx[j] += d[j] * (zx[b * G + j] - mx[j]) * ix[j];
+        for (int64_t j = 0; j < H; ++j) {
+          T d = d_norm_c(b, j);
+          own1[j] += d;
+          own2[j] += d * (c_now[b * H + j] - mean[j]) * invstd[j];
         }
       }
-      for (int64_t j = lo; j < hi; ++j) L.d_bias[p * G + j] += sd[j];
-      if (need_h) {
-        column_backward(L.nh, sd, sh, count, G, t, p, lo, hi, a, e, f);
-        for (int64_t b = 0; b < B; ++b) {
-#pragma omp simd
-          for (int64_t j = lo; j < hi; ++j) d_zh[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zh[b * G + j] + f[j];
-          if (padded(b)) zero_row(d_zh + b * G, lo, hi);  // padding is in no statistic
-        }
+      if (is_batch(L.nc.kind)) {
+#pragma omp barrier
+        total(L, t, threads, 0, H, s1);
+        total(L, t, threads, H, H, s2);
       }
-      if (need_x) {  // in place when d_pre is d_zx
-        column_backward(L.nx, sd, sx, count, G, t, p, lo, hi, a, e, f);
-        for (int64_t b = 0; b < B; ++b) {
-#pragma omp simd
-          for (int64_t j = lo; j < hi; ++j) d_zx[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zx[b * G + j] + f[j];
-          if (padded(b)) zero_row(d_zx + b * G, lo, hi);
-        }
-      }
-      if (L.x) {
-        const T* d_input = need_x ? d_zx : d_pre;
-        for (int64_t b = 0; b < B; ++b) project_backward(L, t, b, lo, hi, d_input + b * G, p, false);
-      }
+      column_backward(L.nc, s1, s2, own1, own2, count, H, t, p, ac, ec, fc);
     } else {
-      for (int64_t b = lo; b < hi; ++b) {
-        T* d = d_pre + b * G;
-        for (int64_t j = 0; j < G; ++j) L.d_bias[p * G + j] += d[j];
-        if (L.nh.kind != NONE) {  // d is d_zx's row: copied out, then normalized in place
-          std::memcpy(d_zh + b * G, d, sizeof(T) * G);
-          row_backward(L.nh, zh + b * G, d_zh + b * G, B, G, t, b, p);
-        } else if (L.nx.kind != NONE) {
-          std::memcpy(d_zx + b * G, d, sizeof(T) * G);
-        }
-        row_backward(L.nx, zx + b * G, d_zx + b * G, B, G, t, b, p);
-        if (L.x) project_backward(L, t, b, 0, G, L.nx.kind != NONE ? d_zx + b * G : d, p, true);
-      }
+      column_backward(L.nc, s1, s2, s1, s2, count, H, t, p, ac, ec, fc);
     }
-  });
-  if (L.x && !rows) {
-    for (int64_t i = 0; i < B * L.features; ++i) {
-      T sum = 0;
-      for (int64_t p = 0; p < L.threads; ++p) sum += L.dx_part[p * B * L.features + i];
-      L.dx[t * B * L.features + i] = sum;
+    for (int64_t b = lo; b < hi; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) d_cell[j] = ac[j] * d_norm_c(b, j) + ec[j] * c_now[b * H + j] + fc[j];
+      gates_of_row(b, d_cell);
+    }
+  } else {
+    for (int64_t b = lo; b < hi; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) d_cell[j] = d_norm_c(b, j);
+      row_backward(L.nc, c_now + b * H, d_cell, B, H, t, b, p);
+      gates_of_row(b, d_cell);
     }
   }
+
+  // Gates: bias gradient, then norm_h's and norm_x's backward on the same gate gradient.
+  if (L.x && L.nx.kind != NONE) project(L, t, lo, hi);  // the input term again, for norm_x's backward
+  T* d_bias = L.d_bias + p * G;
+  if (!rows) {
+    const bool need_h = L.nh.kind != NONE, need_x = L.nx.kind != NONE;
+    T* own_d = part(L, p, t, 2 * H);
+    T* own_h = own_d + G;
+    T* own_x = own_h + G;
+    std::fill(own_d, own_d + 3 * G, T(0));
+    const T* mh = need_h ? L.nh.mean + t * G : nullptr;
+    const T* ih = need_h ? L.nh.invstd + t * G : nullptr;
+    const T* mx = need_x ? L.nx.mean + t * G : nullptr;
+    const T* ix = need_x ? L.nx.invstd + t * G : nullptr;
+    for (int64_t b = lo; b < hi; ++b) {
+      const T* d = d_pre + b * G;
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) own_d[j] += d[j];
+      if (need_h) {
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) own_h[j] += d[j] * (zh[b * G + j] - mh[j]) * ih[j];
+      }
+      if (need_x) {
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) own_x[j] += d[j] * (zx[b * G + j] - mx[j]) * ix[j];
+      }
+    }
+    for (int64_t j = 0; j < G; ++j) d_bias[j] += own_d[j];
+    T* sd = coef;
+    T* sh = sd + G;
+    T* sx = sh + G;
+    T* a = sx + G;
+    T* e = a + G;
+    T* f = e + G;
+    if (is_batch(L.nh.kind) || is_batch(L.nx.kind)) {
+#pragma omp barrier
+      total(L, t, threads, 2 * H, G, sd);
+      if (need_h) total(L, t, threads, 2 * H + G, G, sh);
+      if (need_x) total(L, t, threads, 2 * H + 2 * G, G, sx);
+    }
+    if (need_h) {
+      column_backward(L.nh, sd, sh, own_d, own_h, count, G, t, p, a, e, f);
+      for (int64_t b = lo; b < hi; ++b) {
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) d_zh[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zh[b * G + j] + f[j];
+        if (padded(b)) std::fill(d_zh + b * G, d_zh + (b + 1) * G, T(0));  // padding is in no statistic
+      }
+    }
+    if (need_x) {  // in place when d_pre is d_zx
+      column_backward(L.nx, sd, sx, own_d, own_x, count, G, t, p, a, e, f);
+      for (int64_t b = lo; b < hi; ++b) {
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) d_zx[b * G + j] = a[j] * d_pre[b * G + j] + e[j] * zx[b * G + j] + f[j];
+        if (padded(b)) std::fill(d_zx + b * G, d_zx + (b + 1) * G, T(0));
+      }
+    }
+    if (L.x) {
+      for (int64_t b = lo; b < hi; ++b) project_backward(L, t, b, (need_x ? d_zx : d_pre) + b * G, p);
+    }
+  } else {
+    for (int64_t b = lo; b < hi; ++b) {
+      T* d = d_pre + b * G;
+      for (int64_t j = 0; j < G; ++j) d_bias[j] += d[j];
+      if (L.nh.kind != NONE) {  // d is d_zx's row: copied out, then normalized in place
+        std::memcpy(d_zh + b * G, d, sizeof(T) * G);
+        row_backward(L.nh, zh + b * G, d_zh + b * G, B, G, t, b, p);
+      } else if (L.nx.kind != NONE) {
+        std::memcpy(d_zx + b * G, d, sizeof(T) * G);
+      }
+      row_backward(L.nx, zx + b * G, d_zx + b * G, B, G, t, b, p);
+      if (L.x) project_backward(L, t, b, L.nx.kind != NONE ? d_zx + b * G : d, p);
+    }
+  }
+}
+
+// The whole sequence on L.threads threads, each owning a block of rows.
+template <typename T, typename Step>
+void sequence(const Loop<T>& L, bool reverse, Step step) {
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>({L.threads, L.batch, 64})));
+  auto body = [&](int p, int n) {
+    int64_t lo, hi;
+    share(L.batch, p, n, lo, hi);
+    for (int64_t i = 0; i < L.steps; ++i) step(L, reverse ? L.steps - 1 - i : i, p, n, lo, hi);
+  };
+  if (threads == 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  body(omp_get_thread_num(), omp_get_num_threads());
 }
 
 }  // namespace
 
 extern "C" {
-void recnorm_forward_f32(const Loop<float>* loop, int64_t t) { forward_step(*loop, t); }
-void recnorm_forward_f64(const Loop<double>* loop, int64_t t) { forward_step(*loop, t); }
-void recnorm_backward_f32(const Loop<float>* loop, int64_t t) { backward_step(*loop, t); }
-void recnorm_backward_f64(const Loop<double>* loop, int64_t t) { backward_step(*loop, t); }
-int64_t recnorm_abi_version() { return 1; }
+void recnorm_forward_f32(const Loop<float>* loop) { sequence(*loop, false, forward_step<float>); }
+void recnorm_forward_f64(const Loop<double>* loop) { sequence(*loop, false, forward_step<double>); }
+void recnorm_backward_f32(const Loop<float>* loop) { sequence(*loop, true, backward_step<float>); }
+void recnorm_backward_f64(const Loop<double>* loop) { sequence(*loop, true, backward_step<double>); }
+int64_t recnorm_abi_version() { return 2; }
 }
