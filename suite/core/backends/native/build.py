@@ -6,10 +6,6 @@ keyed by the source, the flags and the compiler, and written atomically so that 
 trials can race to build it. Nothing is downloaded. Where there is no compiler, or the build
 fails, or `RECNORM_NATIVE=0`, `load()` returns None and the fast paths use their pure-PyTorch
 loops; `reason()` says why.
-
-The kernels run each step's recurrent matrix product on torch's own BLAS (the Fortran
-`sgemm_`/`dgemm_` that torch's CPU library exports: MKL on x86 wheels), found at run time so
-that nothing is linked at build time; where torch exports none, on a plain loop of their own.
 """
 
 from __future__ import annotations
@@ -119,25 +115,4 @@ def reason() -> str | None:
 
 def status() -> str:
     """For the record of a run: "available" (the fast paths of this process use them) or why not."""
-    if load() is None:
-        return str(_reason)
-    return "available" if gemm(torch.float32) else "available, without BLAS (torch exports no sgemm_)"
-
-
-_GEMM_SYMBOLS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
-_gemm: dict[torch.dtype, int | None] = {}
-
-
-def gemm(dtype: torch.dtype) -> int | None:
-    """The address of torch's BLAS ?gemm_ for float32/float64 (the library torch itself calls), or None."""
-    if dtype not in _gemm:
-        address = None
-        for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
-            try:
-                function = getattr(ctypes.CDLL(str(path)), _GEMM_SYMBOLS[dtype])
-            except (OSError, AttributeError):
-                continue
-            address = ctypes.cast(function, ctypes.c_void_p).value
-            break
-        _gemm[dtype] = address
-    return _gemm[dtype]
+    return "available" if load() is not None else str(_reason)

@@ -1,13 +1,13 @@
-"""The normalized LSTM recurrence on the native step kernels (`norm_lstm.cpp`), CPU only.
+"""The normalized LSTM recurrence on the native kernels (`norm_lstm.cpp`), CPU only.
 
 `run_layer` runs one `LSTMLayer` whose norms are identities, per-step batch norms or layer
-norms (`bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8): PyTorch does the
-recurrent product h_{t-1} W_h^T of every step, the input term W_x x for all steps at once
-when the input is wide, and in the backward pass dh_t per step and the weight gradients in one
-matrix multiply each; one kernel call per step does all three normalizations, the gates and
-the cell (and W_x x_t for narrow inputs), and one more their gradients. Batch statistics
-computed in the kernel go to `StepBatchNorm.record`, so running averages and re-estimation
-follow the reference's rules exactly.
+norms (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8). One
+kernel call runs the forward time loop and one the backward: the recurrent product h_{t-1} W_h^T
+of every step (and dh_t's product with W_h backward), all three normalizations, the gates and
+the cell (and W_x x_t for narrow inputs), the threads splitting the batch. PyTorch forms the
+input term W_x x for all steps at once when the input is wide, and the weight gradient of W_h
+in one matrix multiply after the loop. Batch statistics computed in the kernel go to
+`StepBatchNorm.record`, so running averages and re-estimation follow the reference's rules exactly.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from suite.core.cells.norms import Identity
 SMALL_INPUT = 8
 # The kernels' threads split the batch's rows between them, at most this many (the kernel's cap).
 MAX_THREADS = 64
-# Loop<T> of norm_lstm.cpp, in order: sizes, then the product's address and buffer pointers, then the three norms.
+# Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
-BUFFERS = ("gemm", "w", "bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx",
+BUFFERS = ("w", "bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx",
            "zh", "acts", "c", "tcn", "h", "d_out", "d_hn", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch", "partial")
 
 
@@ -49,8 +49,8 @@ class _LoopStruct(ctypes.Structure):
                 + [("nx", _NormStruct), ("nh", _NormStruct), ("nc", _NormStruct)])
 
 
-def _ptr(tensor: torch.Tensor | int | None) -> int | None:
-    return tensor.data_ptr() if isinstance(tensor, torch.Tensor) else tensor
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 def _norm_struct(slot: Slot) -> _NormStruct:
@@ -157,7 +157,7 @@ class NativeLoop(torch.autograd.Function):
         new = source.new_empty
         sizes = dict(steps=steps, batch=batch, hidden=hidden, threads=threads, kept=int(keep),
                      features=source.shape[2] if w_x is not None else 0)
-        buffers = dict(gemm=build.gemm(source.dtype), w=w.detach().contiguous(), bias=bias.detach().contiguous(),
+        buffers = dict(w=w.detach().contiguous(), bias=bias.detach().contiguous(),
                        zh=new(kept_zh, batch, four_h), acts=new(kept, batch, four_h), c=new(kept + 1, batch, hidden),
                        tcn=new(kept, batch, hidden), h=new(steps + 1, batch, hidden),
                        scratch=new(threads, 8 * four_h), partial=new(threads, 2, 6 * four_h))
