@@ -3,11 +3,11 @@
 `run_layer` runs one `LSTMLayer` whose norms are identities, per-step batch norms or layer
 norms (`lstm`, `bn_vertical`, `bn_lstm`, `ln_lstm`; Cooijmans et al. 2016, Eq. 6-8). One
 kernel call runs the forward time loop and one the backward: the recurrent product h_{t-1} W_h^T
-of every step (and dh_t's product with W_h backward), all three normalizations, the gates and
-the cell (and W_x x_t for narrow inputs), the threads splitting the batch. PyTorch forms the
-input term W_x x for all steps at once when the input is wide, and the weight gradient of W_h
-in one matrix multiply after the loop. Batch statistics computed in the kernel go to
-`StepBatchNorm.record`, so running averages and re-estimation follow the reference's rules exactly.
+of every step (backward: dh_t's product with W_h and W_h's gradient), the three norms, the gates
+and the cell (and W_x x_t for narrow inputs), the threads splitting the batch. PyTorch forms the
+input term W_x x for all steps at once when the input is wide. Batch statistics computed in the
+kernel go to `StepBatchNorm.record`, so running averages and re-estimation follow the
+reference's rules exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ MAX_THREADS = 64
 # Loop<T> of norm_lstm.cpp, in order: sizes, then buffer pointers, then the three norms.
 SIZES = ("steps", "batch", "hidden", "threads", "kept", "features")
 BUFFERS = ("w", "bias", "mask", "count", "dh_carry", "zx", "x", "wx_t", "z_step", "d_step", "dx", "d_wx",
-           "zh", "acts", "c", "tcn", "h", "d_out", "d_hn", "dh", "dc", "d_zx", "d_zh", "d_bias", "scratch", "partial")
+           "zh", "acts", "c", "tcn", "h", "d_out", "d_hn", "dh", "dc", "d_zx", "d_zh", "d_bias", "d_w", "scratch",
+           "partial")
 
 
 class _NormStruct(ctypes.Structure):
@@ -187,8 +188,9 @@ class NativeLoop(torch.autograd.Function):
         four_h = 4 * hidden
         new, zeros = w.new_empty, w.new_zeros
         d_zh = new(steps, batch, four_h)
-        buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), dh=new(batch, hidden), dc=d_cn.contiguous().clone(),
-                       d_out=d_out.contiguous(), d_hn=d_hn.contiguous())
+        buffers.update(d_zh=d_zh, d_bias=zeros(threads, four_h), d_w=zeros(threads, four_h, hidden),
+                       dh=new(batch, hidden), dc=d_cn.contiguous().clone(), d_out=d_out.contiguous(),
+                       d_hn=d_hn.contiguous())
         if buffers.get("mask") is not None:
             buffers["dh_carry"] = zeros(batch, hidden)
         if features:
@@ -201,7 +203,7 @@ class NativeLoop(torch.autograd.Function):
         library = load()
         loop = _struct(sizes, buffers, slots)
         (library.recnorm_backward_f64 if w.dtype == torch.float64 else library.recnorm_backward_f32)(ctypes.byref(loop))
-        d_w = d_zh.view(steps * batch, four_h).t().mm(buffers["h"][:-1].reshape(steps * batch, hidden))
+        d_w = buffers["d_w"].sum(0)
         d_h0 = d_zh[0].mm(w)
         if buffers.get("dh_carry") is not None:
             d_h0 += buffers["dh_carry"]

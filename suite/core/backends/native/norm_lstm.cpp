@@ -75,6 +75,7 @@ struct Loop {
   T* d_zx;        // (steps, B, 4H), with zx only
   T* d_zh;        // (steps, B, 4H)
   T* d_bias;      // (threads, 4H)
+  T* d_w;         // (threads, 4H, H) per-thread accumulators of dW_h
   T* scratch;     // (threads, 8 * 4H) per-thread coefficient rows
   T* partial;     // (threads, 2, 6 * 4H) per-thread partial statistics, two sets used by step parity
   Norm<T> nx, nh, nc;
@@ -132,7 +133,8 @@ struct Panels {  // op(B), K x N, as column panels of 2 vectors (the last may be
   std::vector<T> data;
 
   // op(B) = B^T of B (N, K) row-major when `b_rows_are_n`, else B (K, N) row-major.
-  Panels(const T* B, int64_t K_, int64_t N_, bool b_rows_are_n) : K(K_), N(N_) {
+  void pack(const T* B, int64_t K_, int64_t N_, bool b_rows_are_n) {
+    K = K_, N = N_;
     const int64_t padded = (N + V - 1) / V * V;
     data.assign(K * padded, T(0));
     T* out = data.data();
@@ -144,9 +146,11 @@ struct Panels {  // op(B), K x N, as column panels of 2 vectors (the last may be
   }
 };
 
-// C[R rows, one panel of W vectors] = A[R rows] op(B)[panel] + beta C; only `columns` of it are real.
+// C[R rows, one panel of W vectors] = A[R rows] op(B)[panel] + beta C; only `columns` of it are
+// real. A's element (r, k) is A[r * a_r + k * a_k].
 template <typename T, int R, int W>
-inline void block(const T* A, const T* panel, int64_t K, T* C, int64_t ldc, int64_t columns, T beta) {
+inline void block(const T* A, int64_t a_r, int64_t a_k, const T* panel, int64_t K, T* C, int64_t ldc,
+                  int64_t columns, T beta) {
   using V = typename Vec<T>::type;
   constexpr int L = VECTOR_BYTES / sizeof(T);
   V acc[R][W];
@@ -156,7 +160,7 @@ inline void block(const T* A, const T* panel, int64_t K, T* C, int64_t ldc, int6
     V b[W];
     for (int w = 0; w < W; ++w) std::memcpy(&b[w], panel + (k * W + w) * L, sizeof(V));
     for (int r = 0; r < R; ++r) {
-      const T a = A[r * K + k];
+      const T a = A[r * a_r + k * a_k];
       for (int w = 0; w < W; ++w) acc[r][w] += a * b[w];
     }
   }
@@ -173,29 +177,32 @@ inline void block(const T* A, const T* panel, int64_t K, T* C, int64_t ldc, int6
 }
 
 template <typename T, int W>
-void rows_of_panel(int64_t rows, const T* A, const T* panel, int64_t K, T* C, int64_t ldc, int64_t columns, T beta) {
+void rows_of_panel(int64_t rows, const T* A, int64_t a_r, int64_t a_k, const T* panel, int64_t K, T* C, int64_t ldc,
+                   int64_t columns, T beta) {
   constexpr int R = 6;  // 6 x 2 accumulators of 16 registers (AVX2) leave room for the b row and a
   int64_t r = 0;
-  for (; r + R <= rows; r += R) block<T, R, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta);
+  for (; r + R <= rows; r += R) block<T, R, W>(A + r * a_r, a_r, a_k, panel, K, C + r * ldc, ldc, columns, beta);
+  const T* a = A + r * a_r;
+  T* c = C + r * ldc;
   switch (rows - r) {
-    case 5: block<T, 5, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta); break;
-    case 4: block<T, 4, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta); break;
-    case 3: block<T, 3, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta); break;
-    case 2: block<T, 2, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta); break;
-    case 1: block<T, 1, W>(A + r * K, panel, K, C + r * ldc, ldc, columns, beta); break;
+    case 5: block<T, 5, W>(a, a_r, a_k, panel, K, c, ldc, columns, beta); break;
+    case 4: block<T, 4, W>(a, a_r, a_k, panel, K, c, ldc, columns, beta); break;
+    case 3: block<T, 3, W>(a, a_r, a_k, panel, K, c, ldc, columns, beta); break;
+    case 2: block<T, 2, W>(a, a_r, a_k, panel, K, c, ldc, columns, beta); break;
+    case 1: block<T, 1, W>(a, a_r, a_k, panel, K, c, ldc, columns, beta); break;
     default: break;
   }
 }
 
-// C (rows x N) = A (rows x K) op(B) + beta C, all row-major, op(B) packed.
+// C (rows x N, row-major) = A (rows x K; element (r, k) at A[r * a_r + k * a_k]) op(B) + beta C.
 template <typename T>
-void product(const Panels<T>& B, int64_t rows, const T* A, T beta, T* C) {
+void product(const Panels<T>& B, int64_t rows, const T* A, int64_t a_r, int64_t a_k, T beta, T* C) {
   constexpr int64_t V = Panels<T>::V;
   const T* panel = B.data.data();
   for (int64_t j0 = 0; j0 < B.N; j0 += 2 * V) {
     const int64_t columns = std::min<int64_t>(2 * V, B.N - j0);
-    if (columns > V) rows_of_panel<T, 2>(rows, A, panel, B.K, C + j0, B.N, columns, beta);
-    else rows_of_panel<T, 1>(rows, A, panel, B.K, C + j0, B.N, columns, beta);
+    if (columns > V) rows_of_panel<T, 2>(rows, A, a_r, a_k, panel, B.K, C + j0, B.N, columns, beta);
+    else rows_of_panel<T, 1>(rows, A, a_r, a_k, panel, B.K, C + j0, B.N, columns, beta);
     panel += B.K * (columns > V ? 2 * V : V);
   }
 }
@@ -370,7 +377,8 @@ template <typename T> inline T* part(const Loop<T>& L, int p, int64_t t, int64_t
 }
 
 template <typename T>
-void forward_step(const Loop<T>& L, const Panels<T>& w_t, int64_t t, int p, int threads, int64_t lo, int64_t hi) {
+void forward_step(const Loop<T>& L, const Panels<T>& w_t, Panels<T>&, int64_t t, int p, int threads, int64_t lo,
+                  int64_t hi) {
   const int64_t B = L.batch, H = L.hidden, G = 4 * H;
   const int64_t slot = L.kept ? t : 0;
   const T* zx = L.x ? L.z_step : L.zx + t * B * G;
@@ -391,7 +399,7 @@ void forward_step(const Loop<T>& L, const Panels<T>& w_t, int64_t t, int p, int 
   T* ac = kh + G;
   T* kc = ac + H;
 
-  product(w_t, hi - lo, h_prev + lo * H, T(0), zh + lo * G);
+  product(w_t, hi - lo, h_prev + lo * H, H, 1, T(0), zh + lo * G);
   if (L.x) project(L, t, lo, hi);
   if (!rows) {
     T* parts_x[64];
@@ -516,7 +524,8 @@ void row_backward(const Norm<T>& n, const T* z, T* dy, int64_t B, int64_t C, int
 }
 
 template <typename T>
-void backward_step(const Loop<T>& L, const Panels<T>& w, int64_t t, int p, int threads, int64_t lo, int64_t hi) {
+void backward_step(const Loop<T>& L, const Panels<T>& w, Panels<T>& h_rows, int64_t t, int p, int threads, int64_t lo,
+                   int64_t hi) {
   const int64_t B = L.batch, H = L.hidden, G = 4 * H;
   const T* zx = L.x ? L.z_step : L.zx + t * B * G;
   const T* zh = L.zh + (L.nh.kind != NONE ? t : 0) * B * G;
@@ -543,7 +552,7 @@ void backward_step(const Loop<T>& L, const Panels<T>& w, int64_t t, int p, int t
   if (t == L.steps - 1) {
     for (int64_t i = lo * H; i < hi * H; ++i) dh[i] += L.d_hn[i];
   } else {
-    product(w, hi - lo, L.d_zh + ((t + 1) * B + lo) * G, T(1), dh + lo * H);
+    product(w, hi - lo, L.d_zh + ((t + 1) * B + lo) * G, G, 1, T(1), dh + lo * H);
   }
   if (mask) {  // dL/dh of a padded step goes on to the step before (the state was held)
     for (int64_t b = lo; b < hi; ++b) {
@@ -697,6 +706,10 @@ void backward_step(const Loop<T>& L, const Panels<T>& w, int64_t t, int p, int t
       if (L.x) project_backward(L, t, b, L.nx.kind != NONE ? d_zx + b * G : d, p);
     }
   }
+
+  // This thread's part of dW_h += d_zh_t^T h_{t-1}, over its rows.
+  h_rows.pack(L.h + (t * B + lo) * H, hi - lo, H, false);
+  product(h_rows, G, d_zh + lo * G, 1, G, T(1), L.d_w + p * G * H);
 }
 
 // The whole sequence on L.threads threads, each owning a block of rows; the recurrent product's
@@ -705,11 +718,14 @@ template <typename T, typename Step>
 void sequence(const Loop<T>& L, bool reverse, Step step) {
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>({L.threads, L.batch, 64})));
   const int64_t H = L.hidden, G = 4 * H;
-  const Panels<T> right = reverse ? Panels<T>(L.w, G, H, false) : Panels<T>(L.w, H, G, true);
+  Panels<T> right;
+  if (reverse) right.pack(L.w, G, H, false);
+  else right.pack(L.w, H, G, true);
   auto body = [&](int p, int n) {
+    Panels<T> own;  // per-step panels of this thread
     int64_t lo, hi;
     share(L.batch, p, n, lo, hi);
-    for (int64_t i = 0; i < L.steps; ++i) step(L, right, reverse ? L.steps - 1 - i : i, p, n, lo, hi);
+    for (int64_t i = 0; i < L.steps; ++i) step(L, right, own, reverse ? L.steps - 1 - i : i, p, n, lo, hi);
   };
   if (threads == 1) {
     body(0, 1);
