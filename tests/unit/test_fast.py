@@ -201,3 +201,23 @@ def test_forward_without_gradients(name):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     for (key, want), (_, got) in zip(ref.named_buffers(), fast.named_buffers()):
         torch.testing.assert_close(got, want, msg=key)
+
+
+@pytest.mark.parametrize("name", ["lstm", "bn_vertical", "bn_lstm", "ln_lstm"])
+def test_no_grad_keeps_one_step_of_buffers(name, monkeypatch):
+    """Under no_grad the loops hold one step's gate arrays, not every step's (parameters still
+    require grad there, so only the grad mode can tell); with gradients they keep all of them."""
+    steps, gates = 50, 4 * H
+    sizes = []
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *size, **kw: sizes.append(
+        torch.Size(size[0] if len(size) == 1 and not isinstance(size[0], int) else size).numel())
+        or new_empty(self, *size, **kw))
+    _, fast = pair(name)
+    x = torch.randn(steps, B, F, dtype=torch.float64)
+    with torch.no_grad():
+        fast(x)
+    assert max(sizes) < steps * B * gates
+    sizes.clear()
+    fast(x)
+    assert max(sizes) >= steps * B * gates

@@ -135,8 +135,8 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     params = [_param(layer.norm_h, "weight"), _param(layer.norm_h, "bias"),
               _param(layer.norm_c, "weight"), _param(layer.norm_c, "bias")]
     present = [p for p in params if p is not None]
-    out, h, c = NormLoop.apply(norm_h, norm_c, [p is not None for p in params], xg, layer.weight_hh, h0, c0,
-                               *present)
+    out, h, c = NormLoop.apply(torch.is_grad_enabled(), norm_h, norm_c, [p is not None for p in params], xg,
+                               layer.weight_hh, h0, c0, *present)
     return out, (h, c)
 
 
@@ -151,12 +151,14 @@ class NormLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, norm_h, norm_c, has, xg, w, h0, c0, *present):
+    def forward(ctx, grad_mode, norm_h, norm_c, has, xg, w, h0, c0, *present):
         it = iter(present)
         wh, bh, wc, bc = (next(it) if flag else None for flag in has)
         steps, batch, four_h = xg.shape
         hidden = four_h // 4
-        keep = any(ctx.needs_input_grad)  # without a backward, per-step buffers are reused
+        # Without a backward, per-step buffers are reused. needs_input_grad holds under no_grad
+        # too (parameters still require grad): the caller's grad mode (off inside forward) decides.
+        keep = grad_mode and any(ctx.needs_input_grad)
         kept = steps if keep else 1
         z = xg.new_empty(kept, batch, four_h)  # W_h h_{t-1}, the input of norm_h
         acts = xg.new_empty(kept, batch, four_h)  # sigmoid(i, f, o) and tanh(g)
@@ -235,4 +237,4 @@ class NormLoop(torch.autograd.Function):
         d_h0 = d_z[0].mm(w)
         d_c0 = dc * f[0]
         extra = [grads[k] for k, flag in zip(("wh", "bh", "wc", "bc"), ctx.has) if flag]
-        return (None, None, None, d_gates, d_w, d_h0, d_c0, *extra)
+        return (None, None, None, None, d_gates, d_w, d_h0, d_c0, *extra)

@@ -121,8 +121,8 @@ def run_layer(layer: LSTMLayer, x: torch.Tensor, h0: torch.Tensor, c0: torch.Ten
     slots = [make_slot(n, k, steps, batch, time_offset, source) for n, k in zip(norms, kinds)]
     params, owners = affine_parameters(slots, norms)
     padding = None if real is None else (real, count)
-    out, h, c = NativeLoop.apply(slots, owners, padding, source.contiguous(), w_x, layer.weight_hh, layer.bias, h0,
-                                 c0, *params)
+    out, h, c = NativeLoop.apply(torch.is_grad_enabled(), slots, owners, padding, source.contiguous(), w_x,
+                                 layer.weight_hh, layer.bias, h0, c0, *params)
     record_statistics(slots, norms, count, time_offset)
     return (out if real is None else out * real.unsqueeze(-1)), (h, c)
 
@@ -146,11 +146,13 @@ class NativeLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, slots, owners, padding, source, w_x, w, bias, h0, c0, *params):
+    def forward(ctx, grad_mode, slots, owners, padding, source, w_x, w, bias, h0, c0, *params):
         library = load()
         steps, batch = source.shape[:2]
         four_h, hidden = w.shape[0], w.shape[1]
-        keep = any(ctx.needs_input_grad)
+        # needs_input_grad holds under no_grad too (parameters still require grad): the caller's
+        # grad mode (`grad_mode`; it is off inside forward) says whether a backward can follow.
+        keep = grad_mode and any(ctx.needs_input_grad)
         kept = steps if keep else 1
         # norm_h's backward reads the recurrent term of every step; nothing else does.
         kept_zh = steps if keep and slots[1].kind != NONE else 1
@@ -210,4 +212,5 @@ class NativeLoop(torch.autograd.Function):
         d_source = buffers["dx"] if features else buffers["d_zx"]
         d_w_x = buffers["d_wx"].sum(0).t() if features else None
         param_grads = [slots[index].grads.pop(name).sum(0) for index, name in owners]
-        return (None, None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"], *param_grads)
+        return (None, None, None, None, d_source, d_w_x, d_w, buffers["d_bias"].sum(0), d_h0, buffers["dc"],
+                *param_grads)
