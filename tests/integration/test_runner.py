@@ -6,6 +6,8 @@ the Ray it starts can be found (and stopped) by that folder alone, by pid.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import signal
@@ -224,17 +226,23 @@ def test_second_driver_is_refused_and_a_killed_driver_leaves_no_lock(tmp_path, r
     trial = "adding-lstm-s0"
     proc = start(["run", str(path), "--results", str(results)], ray_tmp, TUNE_GLOBAL_CHECKPOINT_S="1")
     wait_for(lambda: len(curve_steps(root, trial)) >= 1, proc)
+    import psutil
+
+    # Frozen, the first run stays a running, unfinished study however fast its trial would go.
+    children = psutil.Process(proc.pid).children(recursive=True)
+    for process in [psutil.Process(proc.pid), *children]:
+        process.suspend()
     for extra in (["--resume"], []):
         code, out = finish(start(["run", str(path), "--results", str(results), *extra], ray_tmp), timeout=120)
         lines = out.strip().splitlines()
         assert code == 2 and len(lines) == 1, out
         assert lines[0].startswith("error: study locked in ") and f"another driver (pid {proc.pid} on " in lines[0]
     assert proc.poll() is None, "the first driver must be unaffected"
-    import psutil
-
-    children = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.communicate()
+    for process in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.resume()
     stop_processes(children)
     stop_ray_in(ray_tmp)
     code, out = finish(start(["run", str(path), "--results", str(results), "--resume"], ray_tmp,
