@@ -105,6 +105,8 @@ class Task:
     Options: ClassVar[type] = NoOptions
     # The paper's settings, as nested config sections (see tasks.resolve).
     defaults: ClassVar[Mapping[str, Any]] = {}
+    # The paper's settings for one variant only, over `defaults`: the authors' scripts differ per variant.
+    variant_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     carry_state: ClassVar[bool] = False  # evaluation carries (h, c) and the time index across batches
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
 

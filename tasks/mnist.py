@@ -157,6 +157,12 @@ class SequentialMNIST(Task):
     Options = MNISTOptions
     defaults = {"model": {"hidden_size": 100}, "optim": {"name": "rmsprop", "lr": 1e-3, "clip": 1.0},
                 "train": {"batch_size": 100, "steps": 50_000, "eval_every": 500}}
+    # The authors' BN-LSTM script primes h0 with N(0, 0.1^2) noise in training (--noise 0.1). The
+    # first rows of a digit are black, so without it every example's h_t is the same there: the
+    # batch variance of W_h h_t is exactly 0 and BN's backward multiplies by gamma/sqrt(eps), about
+    # 32, at each such step (nan in the first batch on raw pixels). Layer norm meets the same exact
+    # zero (W_h h0 = 0 while the pixels are 0), so ln_lstm gets the noise too; the paper ran no LN.
+    variant_defaults = {"bn_lstm": {"model": {"h0_noise": 0.1}}, "ln_lstm": {"model": {"h0_noise": 0.1}}}
     folder = "mnist"
     mirrors: tuple[str, ...] = MNIST_MIRRORS
     md5: dict[str, str] = MNIST_MD5
@@ -323,6 +329,7 @@ class PermutedMNIST(SequentialMNIST):
     name = "pmnist"
     description = "permuted sequential MNIST: one fixed seeded pixel permutation"
     Options = PermutedMNISTOptions
+    variant_defaults = {}  # the authors' permuted script has no noise: no long black run opens a sequence
 
     def __init__(self, options: PermutedMNISTOptions, data_dir=None, data_path=None):
         super().__init__(options, data_dir, data_path)

@@ -1,7 +1,7 @@
 """Run-config resolution: the task's paper settings under the user's settings, every plugin option checked.
 
-Resolution order, later wins: dataclass defaults < the task's `defaults` < the TOML file <
-command-line overrides. The config types, TOML reading and type checks live in
+Resolution order, later wins: dataclass defaults < the task's `defaults` < the task's
+`variant_defaults` for the run's variant < the TOML file < command-line overrides. The config types, TOML reading and type checks live in
 `suite.core.config`; this module adds what needs the task registry, so the core never
 imports a task.
 """
@@ -24,7 +24,9 @@ def resolve(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
     check_sections(raw, source)
     task_name = raw.get("task", {}).get("name", TaskConfig.name)
     task_cls = get_task_class(str(task_name))
-    config = build_run_config(merge(dict(task_cls.defaults), raw), source)
+    variant = raw.get("model", {}).get("variant", ModelConfig.variant)
+    paper = merge(dict(task_cls.defaults), task_cls.variant_defaults.get(str(variant), {}))
+    config = build_run_config(merge(paper, raw), source)
     task_cls.check_options(config.task.options, f"{source} [task] (options of task {config.task.name}; "
                            f"other task keys: name)")
     model_keys = ", ".join(f.name for f in dataclasses.fields(ModelConfig) if f.name != "options")

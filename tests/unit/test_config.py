@@ -20,6 +20,19 @@ def test_task_paper_settings_sit_between_defaults_and_user_values(tmp_path):
     assert config.model.options == {"gamma_init": 0.3}
 
 
+def test_variant_paper_settings_apply_to_their_variant_and_task_only():
+    """smnist's BN-LSTM and LN-LSTM start from a noisy h0 (the authors' script); the user's value wins."""
+    def options(task: str, variant: str, *more: str) -> dict:
+        return load_run_config(overrides=[f"task.name='{task}'", f"model.variant='{variant}'", *more]).model.options
+
+    assert options("smnist", "bn_lstm") == {"h0_noise": 0.1}
+    assert options("smnist", "ln_lstm") == {"h0_noise": 0.1}
+    assert options("sfmnist", "bn_lstm") == {"h0_noise": 0.1}
+    assert options("smnist", "lstm") == {} and options("smnist", "bn_vertical") == {}
+    assert options("pmnist", "bn_lstm") == {}
+    assert options("smnist", "bn_lstm", "model.h0_noise=0.0") == {"h0_noise": 0.0}
+
+
 def test_round_trip_through_a_plain_dict():
     config = load_run_config(overrides=["model.variant=\"bn_lstm\"", "model.t_max=50", "train.eval_lengths=[5, 10]"])
     assert isinstance(config, RunConfig)
