@@ -2,8 +2,9 @@
 and that other processes leave free, and glibc malloc tuning.
 
 Threads. torch's CPU build and the native kernels share one OpenMP runtime (torch's libgomp),
-whose idle workers spin for a while after every parallel region; a recurrent time loop enters
-several regions per step. Two processes with two threads each on 2 cores therefore burn each
+whose idle workers spin for a while after every parallel region and at every barrier; a
+recurrent time loop enters several regions per step (torch's) or meets barriers within one
+region (the native kernels' batch statistics). Two processes with two threads each on 2 cores therefore burn each
 other's time slices spinning, and every barrier waits a whole slice for a descheduled thread
 (issue 14: 70x slower training for two `suite train` at once on 2 cores). Making the workers
 sleep instead (`OMP_WAIT_POLICY=PASSIVE`) cured that but made one process alone 1.5-3x slower

@@ -24,7 +24,7 @@ from suite.core.backends import reference
 
 BACKENDS: tuple[str, ...] = (
     "suite.core.backends.triton.loop",  # Triton step kernels, CUDA (compiled on first use)
-    "suite.core.backends.native.loop",  # C++ step kernels, CPU (built on first use)
+    "suite.core.backends.native.loop",  # C++ time-loop kernels, CPU (built on first use)
     "suite.core.backends.pytorch",  # NormLoop: pure PyTorch, any device
 )
 

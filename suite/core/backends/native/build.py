@@ -1,4 +1,4 @@
-"""Build and load the native step kernels (`norm_lstm.cpp`) with the system C++ compiler.
+"""Build and load the native kernels (`norm_lstm.cpp`) with the system C++ compiler.
 
 The source has no PyTorch headers, so one `g++` call builds it in about a second at first use;
 the shared library is cached under `~/.cache/recnorm/native` (or `$RECNORM_NATIVE_CACHE`),
