@@ -13,6 +13,7 @@ and every trial remembers its study, so the report can say where each arm came f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,11 +102,13 @@ def merge(studies: Sequence[StudyTables]) -> StudyTables:
             trial_id = f"{s.name}/{t.trial_id}"
             trials[trial_id] = TrialSummary(trial_id, t.task, t.variant, t.seed, arm, settings, t.status, t.error, t.row,
                                      source=s.name)
+    search = {f"{s.name}/{t.trial_id}": dataclasses.replace(t, trial_id=f"{s.name}/{t.trial_id}", source=s.name)
+              for s in studies for t in s.search.values()}
     merged = StudyTables(" + ".join(names), studies[0].path,
                    _concat([_retag(s.summary, s.name) for s in studies]),
                    _concat([_retag(s.curve, s.name) for s in studies]),
                    _concat([_retag(s.lengths, s.name) for s in studies]),
                    _concat([_retag(s.throughput, s.name) for s in studies]),
                    trials, tuple((s.name, Path(s.path)) for s in studies),
-                   inference=_concat([_retag(s.inference, s.name) for s in studies]))
+                   inference=_concat([_retag(s.inference, s.name) for s in studies]), search=search)
     return merged

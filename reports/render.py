@@ -142,9 +142,10 @@ class MarkdownReport:
                        "A `*` marks an interval that excludes zero. Paper numbers are the test results of Cooijmans et "
                        "al. (2016), Tables 1-3.", ""]
         self.sources_section()
-        # A tuned study: what the search did, per task, before the comparison at tuned settings.
-        for task in ordered((t.task for t in s.search.values()), TASK_ORDER):
-            tuning.section(self, task)
+        # A tuned study: what the search did, per task (and study, when merged), before the comparison.
+        for source in sorted({t.source for t in s.search.values()}):
+            for task in ordered((t.task for t in s.search.values() if t.source == source), TASK_ORDER):
+                tuning.section(self, task, source)
         for task in s.tasks():
             self.task_section(task)
         self.claims_section()

@@ -141,12 +141,15 @@ def _ranking(means: dict[str, float], mode: str) -> list[str]:
     return sorted(means, key=lambda v: (-means[v] if mode == "max" else means[v], v))
 
 
-def section(report, task: str) -> None:
-    """Append the tuning section of one task to a reports.render.Report (its lines, figures and helpers)."""
+def section(report, task: str, source: str = "") -> None:
+    """Append the tuning section of one task to a reports.render.Report (its lines, figures and helpers);
+    in a merged report, of the search that study `source` ran (searches of two studies are not one)."""
     from reports.render import _table, metric_format
 
     s: StudyTables = report.study
-    trials = [t for t in s.search.values() if t.task == task]
+    trials = [t for t in s.search.values() if t.task == task and t.source == source]
+    of = f" (study `{source}`)" if source else ""
+    name = f"{source}-{task}" if source else task  # figure names
     metric, mode = next(((t.row["metric"], t.row["mode"]) for t in sorted(trials, key=lambda t: t.trial_id)
                          if t.row["metric"] and t.row["mode"] in ("max", "min")), ("value", "max"))
     fmt = metric_format(metric, mode)
@@ -155,7 +158,7 @@ def section(report, task: str) -> None:
     samples = {v: len(ts) for v, ts in by_variant.items()}
     direction = "higher is better" if fmt.higher_is_better else "lower is better"
     steps = sorted({json.loads(t.row["config_json"] or "{}").get("train", {}).get("steps") for t in trials} - {None})
-    report.lines += [f"## Tuning on task `{task}`: {metric} ({direction})", "",
+    report.lines += [f"## Tuning on task `{task}`{of}: {metric} ({direction})", "",
                      f"Search phase: {', '.join(f'`{v}` {n}' for v, n in samples.items())} trials per variant, "
                      f"at most {', '.join(map(str, steps)) or '?'} steps each, ranked by their best validation "
                      f"{metric} (test scores are never used to choose). The comparison in the task's section below "
@@ -195,16 +198,16 @@ def section(report, task: str) -> None:
         report.lines += [f"Ranking by expected best validation, best first, at n=1: {', '.join(f'`{v}`' for v in first)}; "
                          f"at n={full}: {', '.join(f'`{v}`' for v in last)} ({verdict}).", ""]
     scale = lambda x: x * fmt.scale  # noqa: E731 - the figure's display scale (percent for accuracy)
-    report.link(budget_figure(task, curves, fmt.label, scale, report.figure(f"{task}-budget")),
-                f"{task}: expected best validation vs budget")
-    logs = log_keys(s.path)
+    report.link(budget_figure(task, curves, fmt.label, scale, report.figure(f"{name}-budget")),
+                f"{task}{of}: expected best validation vs budget")
+    logs = log_keys(dict(s.parts).get(source, s.path))
     keys = {k: k in logs for k in searched_keys(trials)}
     if keys:
         report.lines += ["### Sensitivity", "",
                          "Best validation of every search trial against each searched setting (hollow markers: "
                          "stopped by ASHA; log axis for log-uniform spaces).", ""]
-        report.link(sensitivity_figure(task, trials, keys, fmt.label, scale, report.figure(f"{task}-sensitivity")),
-                    f"{task}: sensitivity to the searched settings")
+        report.link(sensitivity_figure(task, trials, keys, fmt.label, scale, report.figure(f"{name}-sensitivity")),
+                    f"{task}{of}: sensitivity to the searched settings")
 
 
 def _num(value) -> str:

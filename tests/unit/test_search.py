@@ -225,3 +225,22 @@ def test_trial_names_of_each_phase():
     assert trial_identity(final) == ("adding-lstm-s1-tuned", 1, {"optim.lr": 0.03})
     grid = config(None, seed=0, grid={"optim.lr": 0.1})
     assert trial_name(SimpleNamespace(config=grid, experiment_tag="0_point=...")) == "adding-lstm-s0-lr=0.1"
+
+
+def test_merged_report_keeps_each_studys_tuning_section(tmp_path):
+    """`suite report A B --out`: the tuned study's search stays its own section, named by its study."""
+    from suite.cli import main as cli
+    from tests.unit.claims_fixtures import write_claims_study
+
+    alone = tuning_section(write_report(write_tuned_study(tmp_path), tmp_path / "alone" / "report.md").read_text())
+    out = tmp_path / "merged" / "report.md"
+    assert cli(["report", str(tmp_path / "study-tuned"), str(write_claims_study(tmp_path, "other")),
+                "--out", str(out)]) == 0
+    merged = tuning_section(out.read_text())
+    assert merged.count("## Tuning on task") == 1
+    assert merged == (alone.replace("## Tuning on task `smnist`:", "## Tuning on task `smnist` (study `study-tuned`):")
+                      .replace("(report-smnist-", "(report-study-tuned-smnist-")
+                      .replace("![smnist:", "![smnist (study `study-tuned`):")
+                      .replace("`smnist-bn_lstm-search001`", "`study-tuned/smnist-bn_lstm-search001`")
+                      .replace("`smnist-lstm-search001`", "`study-tuned/smnist-lstm-search001`"))
+    assert (out.parent / "report-study-tuned-smnist-budget.png").stat().st_size > 0
