@@ -17,7 +17,7 @@ def test_task_paper_settings_sit_between_defaults_and_user_values(tmp_path):
     config = load_run_config(path, ["optim.lr=5e-4", "model.gamma_init=0.3", "model.variant='bn_lstm'"])
     assert config.optim.lr == 5e-4 and config.optim.name == "rmsprop"
     assert config.task.options == {"pool": 4}
-    assert config.model.options == {"gamma_init": 0.3}
+    assert config.model.options == {"h0_noise": 0.1, "gamma_init": 0.3}  # smnist's bn_lstm primes h0
 
 
 def test_variant_paper_settings_apply_to_their_variant_and_task_only():
