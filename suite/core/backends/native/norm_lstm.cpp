@@ -115,7 +115,7 @@ inline void share(int64_t size, int p, int n, int64_t& lo, int64_t& hi) {
 // The recurrent products: a register-blocked kernel over a copy of W_h packed once per
 // sequence. W_h is the same at every step, so its packing is paid once, and the kernel keeps a
 // block of R rows by W vectors of C in registers while it walks K (measured against torch's
-// BLAS on a Zen 4 VM at the smnist step, 50 x 400 x 100, one thread: 170 against 65 GFLOP/s).
+// BLAS on an AVX-512 EPYC VM at the smnist step, 50 x 400 x 100, one thread: 170 against 65 GFLOP/s).
 #if defined(__AVX512F__)
 constexpr int VECTOR_BYTES = 64;
 #elif defined(__AVX__)
