@@ -77,7 +77,7 @@ struct Loop {
   T* d_bias;      // (threads, 4H)
   T* d_w;         // (threads, 4H, H) per-thread accumulators of dW_h
   T* scratch;     // (threads, 8 * 4H) per-thread coefficient rows
-  T* partial;     // (threads, 2, 6 * 4H) per-thread partial statistics, two sets used by step parity
+  T* partial;     // (threads, 2, 6 * 4H) per-thread partial statistics, two sets (see part())
   Norm<T> nx, nh, nc;
 };
 
@@ -372,6 +372,9 @@ void project_backward(const Loop<T>& L, int64_t t, int64_t b, const T* d, int p)
   }
 }
 
+// Thread p's partial statistics of step t, at `offset` within its set. Steps alternate between two
+// sets: a thread may already reduce step t+1 while a slower one still combines step t's parts, but
+// never step t+2, since the barrier of step t+1 lies between.
 template <typename T> inline T* part(const Loop<T>& L, int p, int64_t t, int64_t offset) {
   return L.partial + (p * 2 + t % 2) * 6 * 4 * L.hidden + offset;
 }
