@@ -237,27 +237,29 @@ void local_moments(const T* z, int64_t C, int64_t lo, int64_t hi, const T* mask,
   }
 }
 
-// A column norm (batch norm or none) of a (B, C) block as y = a z + k per unit, in two calls
-// with a barrier between them for batch statistics: with `reduce_only`, thread p reduces its
-// rows into parts[p] (2C: mean, m2); then every thread combines all parts the same way into a
-// and k, and thread 0 writes the step's mean, invstd and variance.
+// Batch statistics, first half: thread p reduces its rows of a (B, C) block into `part` (2C:
+// mean, m2). A barrier later `column_affine` combines all threads' parts.
 template <typename T>
-void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t, int p, int threads,
-                   T* const* parts, const T* mask, T count, T* a, T* k, bool reduce_only) {
+void reduce_rows(const Norm<T>& n, const T* z, int64_t B, int64_t C, int p, int threads, T* part, const T* mask) {
+  if (n.kind != BN_BATCH) return;
+  int64_t lo, hi;
+  share(B, p, threads, lo, hi);
+  local_moments(z, C, lo, hi, mask, part, part + C);
+}
+
+// A column norm (batch norm or none) of a (B, C) block as y = a z + k per unit. Batch
+// statistics: every thread combines all threads' parts (`reduce_rows`) the same way, and
+// thread 0 writes the step's mean, invstd and variance.
+template <typename T>
+void column_affine(const Norm<T>& n, int64_t B, int64_t C, int64_t t, int threads, int p, T* const* parts,
+                   const T* mask, T count, T* a, T* k) {
   if (n.kind == NONE) {
-    if (reduce_only) return;
     for (int64_t j = 0; j < C; ++j) a[j] = T(1), k[j] = T(0);
     return;
   }
   T* mean = n.mean + t * C;
   T* invstd = n.invstd + t * C;
   if (n.kind == BN_BATCH) {
-    if (reduce_only) {
-      int64_t lo, hi;
-      share(B, p, threads, lo, hi);
-      local_moments(z, C, lo, hi, mask, parts[p], parts[p] + C);
-      return;
-    }
     // Chan et al.: with n = n_A + n_B, mean = mean_A + (mean_B - mean_A) n_B / n and
     // m2 = m2_A + m2_B + (mean_B - mean_A)^2 n_A n_B / n, thread blocks taken in order.
     T* mu = a;  // a and k hold the combined mean and m2 until the coefficients replace them
@@ -296,7 +298,6 @@ void column_affine(const Norm<T>& n, const T* z, int64_t B, int64_t C, int64_t t
     }
     return;
   }
-  if (reduce_only) return;
   for (int64_t j = 0; j < C; ++j) {
     a[j] = n.gamma[j] * invstd[j];
     k[j] = (n.beta ? n.beta[j] : T(0)) - a[j] * mean[j];
@@ -408,13 +409,13 @@ void forward_step(const Loop<T>& L, const Panels<T>& w_t, Panels<T>&, int64_t t,
     T* parts_x[64];
     T* parts_h[64];
     for (int q = 0; q < threads; ++q) parts_x[q] = part(L, q, t, 0), parts_h[q] = part(L, q, t, 2 * G);
-    column_affine(L.nx, zx, B, G, t, p, threads, parts_x, mask, count, ax, k, true);
-    column_affine(L.nh, zh, B, G, t, p, threads, parts_h, mask, count, ah, kh, true);
+    reduce_rows(L.nx, zx, B, G, p, threads, parts_x[p], mask);
+    reduce_rows(L.nh, zh, B, G, p, threads, parts_h[p], mask);
     if (is_batch(L.nx.kind) || is_batch(L.nh.kind)) {
 #pragma omp barrier
     }
-    column_affine(L.nx, zx, B, G, t, p, threads, parts_x, mask, count, ax, k, false);
-    column_affine(L.nh, zh, B, G, t, p, threads, parts_h, mask, count, ah, kh, false);
+    column_affine(L.nx, B, G, t, threads, p, parts_x, mask, count, ax, k);
+    column_affine(L.nh, B, G, t, threads, p, parts_h, mask, count, ah, kh);
     for (int64_t j = 0; j < G; ++j) k[j] += kh[j] + L.bias[j];
     for (int64_t b = lo; b < hi; ++b) activate(zx + b * G, zh + b * G, ax, ah, k, acts + b * G, H);
   } else {
@@ -436,11 +437,11 @@ void forward_step(const Loop<T>& L, const Panels<T>& w_t, Panels<T>&, int64_t t,
   if (!cell_rows) {
     T* parts_c[64];
     for (int q = 0; q < threads; ++q) parts_c[q] = part(L, q, t, 4 * G);
-    column_affine(L.nc, c_next, B, H, t, p, threads, parts_c, mask, count, ac, kc, true);
+    reduce_rows(L.nc, c_next, B, H, p, threads, parts_c[p], mask);
     if (is_batch(L.nc.kind)) {
 #pragma omp barrier
     }
-    column_affine(L.nc, c_next, B, H, t, p, threads, parts_c, mask, count, ac, kc, false);
+    column_affine(L.nc, B, H, t, threads, p, parts_c, mask, count, ac, kc);
   }
   for (int64_t b = lo; b < hi; ++b) {
     const T* a = acts + b * G;
