@@ -1,9 +1,9 @@
 """Run-config resolution: the task's paper settings under the user's settings, every plugin option checked.
 
 Resolution order, later wins: dataclass defaults < the task's `defaults` < the task's
-`variant_defaults` for the run's variant < the TOML file < command-line overrides. The config types, TOML reading and type checks live in
-`suite.core.config`; this module adds what needs the task registry, so the core never
-imports a task.
+`variant_defaults` for the run's variant < the TOML file < command-line overrides. The config
+types, TOML reading and type checks live in `suite.core.config`; this module adds what needs
+the task registry, so the core never imports a task.
 """
 
 from __future__ import annotations
